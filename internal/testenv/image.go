@@ -98,8 +98,8 @@ func BuildGuestImage(ctx context.Context) (*GuestImage, error) {
 		return nil, err
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "builder=%s\nkernel=%s=%s\nbusybox=%s\nqemu-ga=%s\nmodules=%s\n",
-		imageBuilderVersion, kpkg, kver, busyboxVer, qgaVer, strings.Join(guestModules, ","))
+	h.Write(fmt.Appendf(nil, "builder=%s\nkernel=%s=%s\nbusybox=%s\nqemu-ga=%s\nmodules=%s\n",
+		imageBuilderVersion, kpkg, kver, busyboxVer, qgaVer, strings.Join(guestModules, ",")))
 	h.Write(guestInit)
 	h.Write(guestStage2)
 	key := hex.EncodeToString(h.Sum(nil))[:16]

@@ -155,4 +155,3 @@ func countIn(ticks []float64, lo, hi float64) int {
 	}
 	return n
 }
-
