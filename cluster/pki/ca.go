@@ -145,11 +145,12 @@ type Request struct {
 	// Hosts are the DNS names and IP addresses a node is reached at; they
 	// become DNS and IP SANs. Only nodes have hosts.
 	Hosts []string
-	// Validity is how long the certificate is valid from NotBefore. It is
-	// cut short at the CA's own expiry.
+	// Validity is how long the certificate is valid from NotBefore.
 	Validity time.Duration
-	// NotBefore is when validity starts; zero means now. A few minutes of
-	// backdating are always added for clock skew.
+	// NotBefore is when validity starts; zero means now. Five minutes of
+	// backdating are added for clock skew. The resulting period is clamped
+	// to the CA's own; a request that falls wholly outside it fails with
+	// ErrExpired.
 	NotBefore time.Time
 }
 
@@ -254,8 +255,7 @@ func validDNSName(h string) bool {
 			return false
 		}
 		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			if c := label[i]; !isAlnum(c) && c != '-' {
 				return false
 			}
 		}

@@ -43,7 +43,7 @@ func ValidName(s string) error {
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		alnum := isAlnum(c)
 		if i == 0 && !alnum {
 			return fmt.Errorf("%w: %q: must start with a letter or digit", ErrInvalidName, s)
 		}
@@ -55,6 +55,11 @@ func ValidName(s string) error {
 		return fmt.Errorf("%w: %q is reserved for the CA's files", ErrInvalidName, s)
 	}
 	return nil
+}
+
+// isAlnum reports whether c is an ASCII letter or digit.
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
 // IdentityURI returns the URI SAN that names the holder of role: for example
