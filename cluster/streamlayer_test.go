@@ -533,7 +533,7 @@ func TestRaftOverTLSStreamLayer(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Logf("entry applied on all three FSMs %v after election", time.Since(start).Round(time.Millisecond))
+	t.Logf("entry applied on all three FSMs %v after the nodes started", time.Since(start).Round(time.Millisecond))
 	if strings.Contains(raftLogs.String(), "refused inbound Raft connection") {
 		t.Fatalf("a node refused another:\n%s", raftLogs.String())
 	}
