@@ -2,41 +2,43 @@ package guestagent
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// MaxReplySize bounds one reply from the agent; a longer one is a protocol
-// error (the agent's largest replies, guest-get-fsinfo and guest-exec
-// output, stay far below it).
-const MaxReplySize = 16 << 20
-
-// syncMarker is the byte the agent sends before the reply to
-// guest-sync-delimited, and the byte a client sends to reset the agent's
-// parser.
-const syncMarker = 0xFF
-
 // Stream speaks the agent protocol over a byte stream: the unix socket that
-// QEMU exposes for the agent's virtio-serial port. It synchronises with
-// guest-sync-delimited before the first command and after any timeout,
-// stray bytes or malformed reply, so that a late reply to an abandoned
-// command is never taken for the answer to a new one. Calls are
-// serialised.
+// QEMU exposes for the agent's virtio-serial port.
+//
+// It synchronises with guest-sync-delimited before the first command and
+// after any timeout, stray bytes or malformed reply, so that a late reply
+// to an abandoned command is never taken for the answer to a new one. As a
+// second guard every command carries a unique "id", which the agent echoes
+// in its reply; a reply carrying another id is skipped. (A reply without an
+// id is accepted, for agents that do not echo it.)
+//
+// Calls are serialised. Close may be called at any time and ends a call in
+// progress. Once the connection is lost (end of file, reset), every later
+// call fails with ErrClosed: dial again.
 type Stream struct {
-	mu     sync.Mutex
-	conn   net.Conn
+	mu     sync.Mutex // serialises calls and guards the fields below
 	r      *bufio.Reader
 	synced bool
-	closed bool
+	lost   error // why the connection is gone, or nil
+	nonce  uint64
+	seq    uint64
+
+	conn      net.Conn
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var _ Transport = (*Stream)(nil)
@@ -53,34 +55,43 @@ func Dial(ctx context.Context, network, addr string) (*Stream, error) {
 
 // NewStream wraps an established connection to the agent.
 func NewStream(conn net.Conn) *Stream {
-	return &Stream{conn: conn, r: bufio.NewReaderSize(conn, 64*1024)}
+	return &Stream{conn: conn, r: bufio.NewReaderSize(conn, 64*1024), nonce: rand.Uint64()}
 }
 
-// Close closes the connection.
+// Close closes the connection. It does not wait for a call in progress:
+// that call ends with ErrClosed.
 func (s *Stream) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	return s.conn.Close()
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.closeErr = s.conn.Close()
+	})
+	return s.closeErr
+}
+
+// request is one command on the wire.
+type request struct {
+	Execute   string `json:"execute"`
+	Arguments any    `json:"arguments,omitempty"`
+	ID        string `json:"id,omitempty"`
 }
 
 // Execute implements Transport.
 func (s *Stream) Execute(ctx context.Context, command string, args any) (json.RawMessage, error) {
-	req := map[string]any{"execute": command}
-	if args != nil {
-		req["arguments"] = args
-	}
-	line, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("guestagent: %s: encoding: %w", command, err)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return nil, fmt.Errorf("%w: %s", ErrClosed, command)
+	switch {
+	case s.closed.Load():
+		return nil, fmt.Errorf("%w: %s: stream closed", ErrClosed, command)
+	case s.lost != nil:
+		return nil, fmt.Errorf("%w: %s: connection lost earlier: %w", ErrClosed, command, s.lost)
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("%w: %s: %w", ErrTimeout, command, ctx.Err())
+	}
+	s.seq++
+	id := fmt.Sprintf("twinsnap-%x-%d", s.nonce, s.seq)
+	line, err := json.Marshal(request{Execute: command, Arguments: args, ID: id})
+	if err != nil {
+		return nil, fmt.Errorf("guestagent: %s: encoding: %w", command, err)
 	}
 	stop := s.bind(ctx)
 	defer stop()
@@ -94,66 +105,75 @@ func (s *Stream) Execute(ctx context.Context, command string, args any) (json.Ra
 		return nil, s.fail(ctx, command, err)
 	}
 	for {
-		raw, err := s.readValue()
+		raw, err := readValue(s.r)
 		if err != nil {
 			return nil, s.fail(ctx, command, err)
 		}
-		var reply struct {
-			Return json.RawMessage `json:"return"`
-			Error  *struct {
-				Class string `json:"class"`
-				Desc  string `json:"desc"`
-			} `json:"error"`
+		rep, err := parseReply(raw)
+		if err != nil {
+			return nil, s.fail(ctx, command, err)
 		}
-		if err := json.Unmarshal(raw, &reply); err != nil {
-			return nil, s.fail(ctx, command, fmt.Errorf("%w: %w", ErrProtocol, err))
+		if rep.id != nil {
+			var got string
+			if json.Unmarshal(rep.id, &got) != nil || got != id {
+				continue // the reply to an earlier command: stale
+			}
 		}
-		switch {
-		case reply.Error != nil:
-			return nil, &Error{Command: command, Class: reply.Error.Class, Desc: reply.Error.Desc}
-		case reply.Return != nil:
-			return reply.Return, nil
-		default:
-			// Events or other unsolicited objects: the agent sends none
-			// today; anything else is a protocol error.
-			return nil, s.fail(ctx, command, fmt.Errorf("%w: reply has neither return nor error: %.200s", ErrProtocol, raw))
+		if rep.err != nil {
+			return nil, &Error{Command: command, Class: rep.err.Class, Desc: rep.err.Desc}
 		}
+		return rep.ret, nil
 	}
 }
 
-// bind makes the connection's reads and writes end when ctx does.
+// bind makes the connection's reads and writes end when ctx does. The
+// returned func undoes it; once it returns, the context can no longer
+// touch the connection's deadline (the next call sets its own).
 func (s *Stream) bind(ctx context.Context) func() {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.conn.SetDeadline(dl)
 	} else {
 		_ = s.conn.SetDeadline(time.Now().Add(DefaultTimeout))
 	}
-	stop := context.AfterFunc(ctx, func() { _ = s.conn.SetDeadline(time.Unix(1, 0)) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = s.conn.SetDeadline(time.Unix(1, 0))
+	})
 	return func() {
-		stop()
+		if !stop() {
+			<-fired // it ran or is running: let it finish first
+		}
 		_ = s.conn.SetDeadline(time.Time{})
 	}
 }
 
-// fail marks the stream as needing a resync and classifies err.
+// fail marks the stream as needing a resync and classifies err: a
+// context that ended or a deadline is ErrTimeout, a reply that is not
+// protocol is ErrProtocol, and any other transport error (end of file,
+// reset, closed) is ErrClosed and marks the connection as lost.
 func (s *Stream) fail(ctx context.Context, command string, err error) error {
 	s.synced = false
 	var ne net.Error
 	switch {
+	case s.closed.Load():
+		return fmt.Errorf("%w: %s: stream closed: %w", ErrClosed, command, err)
 	case ctx.Err() != nil:
 		return fmt.Errorf("%w: %s: %w", ErrTimeout, command, ctx.Err())
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("%w: %s: %w", ErrTimeout, command, err)
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrUnexpectedEOF):
-		return fmt.Errorf("%w: %s: %w", ErrClosed, command, err)
-	default:
+	case errors.Is(err, ErrProtocol):
 		return fmt.Errorf("guestagent: %s: %w", command, err)
+	default:
+		s.lost = err
+		return fmt.Errorf("%w: %s: %w", ErrClosed, command, err)
 	}
 }
 
 // sync sends 0xFF and guest-sync-delimited with a fresh id, discards
 // everything up to the agent's 0xFF marker, and repeats reading until the
-// reply carrying this id arrives; replies with other ids are stale.
+// reply carrying this id arrives; replies with other ids are stale (the
+// answers to earlier syncs that timed out).
 func (s *Stream) sync(ctx context.Context) error {
 	id := rand.Int64N(1 << 52) // ids stay exact in JSON numbers
 	msg := fmt.Sprintf("%c{\"execute\":\"guest-sync-delimited\",\"arguments\":{\"id\":%d}}\n", syncMarker, id)
@@ -161,85 +181,25 @@ func (s *Stream) sync(ctx context.Context) error {
 		return err
 	}
 	for {
-		if err := s.skipToMarker(); err != nil {
+		if err := skipToMarker(s.r); err != nil {
 			return err
 		}
-		raw, err := s.readValue()
+		raw, err := readValue(s.r)
 		if err != nil {
 			if errors.Is(err, ErrProtocol) {
 				continue // garbage after a marker: look for the next one
 			}
 			return err
 		}
-		var reply struct {
-			Return *int64 `json:"return"`
-		}
-		if json.Unmarshal(raw, &reply) == nil && reply.Return != nil && *reply.Return == id {
-			s.synced = true
-			return nil
+		if rep, err := parseReply(raw); err == nil && rep.ret != nil {
+			var got int64
+			if json.Unmarshal(rep.ret, &got) == nil && got == id {
+				s.synced = true
+				return nil
+			}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
-		}
-	}
-}
-
-// skipToMarker discards bytes up to and including the next 0xFF.
-func (s *Stream) skipToMarker() error {
-	for {
-		b, err := s.r.ReadByte()
-		if err != nil {
-			return err
-		}
-		if b == syncMarker {
-			return nil
-		}
-	}
-}
-
-// readValue reads one JSON object from the stream, skipping white space
-// before it. Anything else before the object is a protocol error.
-func (s *Stream) readValue() ([]byte, error) {
-	var buf bytes.Buffer
-	depth := 0
-	inString, escaped := false, false
-	for {
-		b, err := s.r.ReadByte()
-		if err != nil {
-			return nil, err
-		}
-		if depth == 0 {
-			switch b {
-			case ' ', '\t', '\r', '\n':
-				continue
-			case '{':
-			default:
-				return nil, fmt.Errorf("%w: unexpected byte %#x outside a reply", ErrProtocol, b)
-			}
-		}
-		buf.WriteByte(b)
-		if buf.Len() > MaxReplySize {
-			return nil, fmt.Errorf("%w: reply larger than %d bytes", ErrProtocol, MaxReplySize)
-		}
-		switch {
-		case inString && escaped:
-			escaped = false
-		case inString && b == '\\':
-			escaped = true
-		case inString && b == '"':
-			inString = false
-		case inString:
-		case b == '"':
-			inString = true
-		case b == '{' || b == '[':
-			depth++
-		case b == '}' || b == ']':
-			depth--
-			if depth == 0 {
-				return buf.Bytes(), nil
-			}
-		case b == syncMarker:
-			return nil, fmt.Errorf("%w: sync marker inside a reply", ErrProtocol)
 		}
 	}
 }
