@@ -1,12 +1,45 @@
-// Command twinsnap is the admin CLI of a twinsnap system.
+// Command twinsnap is the admin CLI of a twinsnap system. It talks to any
+// node's HTTP API over mutually authenticated TLS 1.3 (internal/api) and
+// maps every error to a documented exit code (see exit.go and
+// docs/cli.md).
 package main
 
 import (
-	"fmt"
+	"context"
+	"io"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/term"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "twinsnap: the admin CLI is not built yet; see docs/architecture.md")
-	os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], osEnv())
+	stop()
+	os.Exit(code)
+}
+
+// cliEnv is what the CLI needs from its process: standard streams, the
+// environment and whether stdin is a terminal. Tests supply their own.
+type cliEnv struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	// getenv reads an environment variable.
+	getenv func(string) string
+	// stdinIsTerminal reports whether an operator can answer a prompt.
+	stdinIsTerminal func() bool
+}
+
+// osEnv returns the environment of the running process.
+func osEnv() *cliEnv {
+	return &cliEnv{
+		stdin:           os.Stdin,
+		stdout:          os.Stdout,
+		stderr:          os.Stderr,
+		getenv:          os.Getenv,
+		stdinIsTerminal: func() bool { return term.IsTerminal(int(os.Stdin.Fd())) },
+	}
 }
