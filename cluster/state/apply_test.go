@@ -1,0 +1,209 @@
+package state
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/twinsnap/twinsnap/cluster/command"
+)
+
+func TestEveryCommandHasAHandler(t *testing.T) {
+	for _, typ := range command.Types() {
+		if handlers[typ] == nil {
+			t.Fatalf("no apply handler registered for %s", typ)
+		}
+	}
+	if len(handlers) != len(command.Types()) {
+		t.Fatalf("%d handlers for %d command types", len(handlers), len(command.Types()))
+	}
+}
+
+func TestApplyPanicsOnUndecodableEntry(t *testing.T) {
+	cases := map[string][]byte{
+		"empty":           nil,
+		"unknown type":    {0x7e, 1, '{', '}'},
+		"unknown version": {byte(command.TypeNodeRemoved), 9, '{', '}'},
+		"bad json":        {byte(command.TypeNodeRemoved), 1, '{'},
+		"unknown field":   append([]byte{byte(command.TypeNodeRemoved), 1}, `{"id":"a","x":1}`...),
+	}
+	for name, b := range cases {
+		func() {
+			st := New()
+			before := st.Digest()
+			defer func() {
+				r := recover()
+				ae, ok := r.(*ApplyError)
+				if !ok || ae.Index != 7 || ae.Term != 2 {
+					t.Fatalf("%s: panic value = %#v, want *ApplyError at 7/2", name, r)
+				}
+				if st.Digest() != before {
+					t.Fatalf("%s: a panicking Apply changed the state", name)
+				}
+			}()
+			st.Apply(7, 2, b)
+			t.Fatalf("%s: Apply did not panic", name)
+		}()
+	}
+}
+
+func TestApplySkipsIgnorableUnknownCommand(t *testing.T) {
+	st := New()
+	before := contentDigest(st)
+	res := st.Apply(5, 2, []byte{0xfe, 3, 'a', 'n', 'y'})
+	if !res.Ignored || res.Err != nil || res.Index != 5 || res.Term != 2 || res.Type != 0xfe {
+		t.Fatalf("Result = %+v, want Ignored", res)
+	}
+	if i, term := st.AppliedIndex(); i != 5 || term != 2 {
+		t.Fatalf("AppliedIndex = %d, %d; want 5, 2", i, term)
+	}
+	if contentDigest(st) != before {
+		t.Fatalf("an ignored command changed the state")
+	}
+}
+
+func TestResultAndErrorCodes(t *testing.T) {
+	h := newHarness(t)
+	res := h.refused(&command.NodeRemoved{ID: "ghost"}, ErrNotFound)
+	if res.Type != command.TypeNodeRemoved || res.Index != 1 || res.Ignored {
+		t.Fatalf("Result = %+v", res)
+	}
+	if i, _ := h.st.AppliedIndex(); i != 1 {
+		t.Fatalf("a refused command must still advance the applied index; got %d", i)
+	}
+	for _, sentinel := range []error{ErrNotFound, ErrExists, ErrFenced, ErrInvalidTransition, ErrSnapshotsDisabled,
+		ErrNoSpace, ErrInvalid, ErrInUse, ErrChecksumMismatch, ErrLimit} {
+		code := ErrorCode(fmt.Errorf("wrapped: %w", sentinel))
+		if code == "" || code == "internal" || ErrorForCode(code) != sentinel {
+			t.Fatalf("ErrorCode(%v) = %q does not round-trip", sentinel, code)
+		}
+	}
+	if ErrorCode(nil) != "" || ErrorCode(errors.New("x")) != "internal" || ErrorForCode("nope") != nil {
+		t.Fatalf("ErrorCode edge cases wrong")
+	}
+	// A validation failure is ErrInvalid and keeps the command's field error.
+	var ve *command.ValidationError
+	if !errors.As(h.apply(&command.NodeRemoved{}).Err, &ve) || ve.Field != "id" {
+		t.Fatalf("validation error lost its details")
+	}
+}
+
+// scenario applies a varied log: every command type, refusals, fencing,
+// deletes and reclaims.
+func scenario(h *harness) {
+	h.cluster()
+	h.addVM("vm-2", "node-b", "vol-7")
+	h.ok(&command.SettingsSet{Values: map[string]string{"retention.max": "5"}})
+	h.completeSnapshot("s1", nil, "vol-1", "vol-2")
+	h.completeSnapshot("s2", map[string]string{"vol-1": "s1"}, "vol-1")
+	h.ok(exportJob("j1", "s2", "node-b"))
+	h.ok(jobState("j1", command.JobRunning, ""))
+	h.ok(progress("j1", gib))
+	h.ok(&command.ImportJobCreated{ID: "j2", Node: "node-a", Source: "file:///srv/x.ovf", VMName: "imported", Creator: "admin", CreatedAt: t0})
+	h.apply(&command.SnapshotDeleteRequested{ID: "s2", Term: 1, Requester: "admin", At: t0}) // refused: exported
+	h.ok(&command.SnapshotDeleteRequested{ID: "s1", Term: 1, Requester: "admin", At: t0})
+	h.ok(&command.ReplicaReclaimed{ID: "s1", Term: 1, Node: "node-a", At: t0})
+	h.term = 2
+	c := created("s3", "vm-2", 2, gib, "vol-7")
+	c.Coordinator = "node-b"
+	h.ok(c)
+	h.ok(created("s4", "vm-1", 2, gib, "vol-1"))
+	cp := captured("s4", 2, gib, "vol-1")
+	h.ok(cp)
+	h.term = 3
+	h.ok(discardIncomplete(3))
+	h.apply(replica("s3", 2, "node-a", gib, "vol-7")) // refused: fenced
+	h.ok(&command.ReplicaReclaimed{ID: "s3", Term: 3, Node: "node-a", At: t0})
+	h.ok(&command.ContainerExpanded{VolumeID: "vol-1", Node: "node-b", CapacityBytes: 40 * gib})
+	h.ok(&command.NodeUpdated{Node: witness("w").Node})
+	h.apply(&command.VMRemoved{ID: "vm-1"}) // refused: snapshots
+	h.st.Apply(h.index+1, h.term, []byte{0xf0, 1})
+	h.index++
+	h.log = append(h.log, entry{h.index, h.term, []byte{0xf0, 1}})
+}
+
+// TestDeterministicReplay applies the same log to fresh states, and to a
+// state restored from a checkpoint taken midway, and expects one digest.
+func TestDeterministicReplay(t *testing.T) {
+	h := newHarness(t)
+	scenario(h)
+	want := h.st.Digest()
+	for round := 0; round < 3; round++ {
+		st := New()
+		for _, e := range h.log {
+			st.Apply(e.index, e.term, e.data)
+		}
+		if st.Digest() != want {
+			t.Fatalf("round %d: replay digest differs", round)
+		}
+	}
+	for cut := 0; cut <= len(h.log); cut += 7 {
+		st := New()
+		for _, e := range h.log[:cut] {
+			st.Apply(e.index, e.term, e.data)
+		}
+		var buf bytes.Buffer
+		if _, err := st.Checkpoint().WriteTo(&buf); err != nil {
+			t.Fatal(err)
+		}
+		restored := New()
+		if err := restored.Restore(&buf); err != nil {
+			t.Fatalf("cut %d: Restore: %v", cut, err)
+		}
+		for _, e := range h.log[cut:] {
+			restored.Apply(e.index, e.term, e.data)
+		}
+		if restored.Digest() != want {
+			t.Fatalf("cut %d: checkpoint + replay digest differs from a full replay", cut)
+		}
+	}
+}
+
+// TestConcurrentApplyQueryCheckpoint runs Apply against queries and
+// checkpoint writers; run with -race. Each checkpoint must stay equal to
+// itself while the state moves on.
+func TestConcurrentApplyQueryCheckpoint(t *testing.T) {
+	h := newHarness(t)
+	h.cluster()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cp := h.st.Checkpoint()
+				var a, b bytes.Buffer
+				if _, err := cp.WriteTo(&a); err != nil {
+					t.Error(err)
+					return
+				}
+				h.st.Snapshots(SnapshotFilter{VMID: "vm-1"})
+				h.st.Containers(ContainerFilter{})
+				if _, err := cp.WriteTo(&b); err != nil {
+					t.Error(err)
+					return
+				}
+				if !bytes.Equal(a.Bytes(), b.Bytes()) {
+					t.Error("a checkpoint changed while Apply ran")
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < 200; i++ {
+		id := fmt.Sprintf("s%d", i)
+		h.ok(created(id, "vm-1", 1, mib, "vol-1"))
+		h.ok(captured(id, 1, mib, "vol-1"))
+		h.ok(replica(id, 1, "node-b", mib, "vol-1"))
+	}
+	close(stop)
+	wg.Wait()
+}

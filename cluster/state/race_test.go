@@ -1,0 +1,6 @@
+//go:build race
+
+package state
+
+// raceEnabled is true when the race detector instruments the tests.
+const raceEnabled = true
