@@ -79,6 +79,11 @@ type Config struct {
 	ApplyTimeout time.Duration
 	// Clock stamps leader-proposed commands; time.Now when nil.
 	Clock func() time.Time
+	// PeerAddresses overrides, per node id, the address this node dials to
+	// reach that peer (Raft and forwarding), for peers reached through a
+	// different path (NAT, a dedicated link) than the address they
+	// advertise.
+	PeerAddresses map[string]string
 }
 
 // Server is one member of the Raft configuration.
@@ -170,12 +175,16 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.mux = newMux(layer, log)
-	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+	tc := &raft.NetworkTransportConfig{
 		Stream:  raftLayer{n.mux},
 		MaxPool: 3,
 		Timeout: 10 * time.Second,
 		Logger:  hl,
-	})
+	}
+	if len(cfg.PeerAddresses) > 0 {
+		tc.ServerAddressProvider = addressProvider{n}
+	}
+	n.trans = raft.NewNetworkTransportWithConfig(tc)
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -205,6 +214,28 @@ func Open(cfg Config) (*Node, error) {
 	ok = true
 	log.Info("node started", "raft_addr", layer.Addr().String(), "role", cfg.Role)
 	return n, nil
+}
+
+// addressProvider resolves a peer's dial address from the configured
+// overrides; it is installed only when there are overrides, and a peer
+// without one is dialled at its address in the Raft configuration.
+type addressProvider struct{ n *Node }
+
+// ServerAddr implements raft.ServerAddressProvider.
+func (p addressProvider) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	if a, ok := p.n.cfg.PeerAddresses[string(id)]; ok {
+		return raft.ServerAddress(a), nil
+	}
+	// Raft then dials the address in its configuration.
+	return "", fmt.Errorf("cluster: no address override for %s", id)
+}
+
+// dialAddr returns the address to dial for a peer known by id and address.
+func (n *Node) dialAddr(id, addr string) string {
+	if a, ok := n.cfg.PeerAddresses[id]; ok {
+		return a
+	}
+	return addr
 }
 
 // ID returns the node id.
@@ -293,7 +324,8 @@ func (n *Node) proposeRaw(ctx context.Context, data []byte) (state.Result, error
 			if !errors.Is(err, raft.ErrNotLeader) {
 				return res, err
 			}
-		} else if _, addr := n.Leader(); addr != "" {
+		} else if id, addr := n.Leader(); addr != "" {
+			addr = n.dialAddr(id, addr)
 			res, err := n.fwd.apply(ctx, addr, data)
 			if !errors.Is(err, ErrNotLeader) && !errors.Is(err, errUnreachable) {
 				return res, err
@@ -385,9 +417,9 @@ func (n *Node) removeLocal(ctx context.Context, id string) error {
 
 func (n *Node) forwardMembership(ctx context.Context, req forwardRequest) error {
 	for {
-		_, addr := n.Leader()
+		id, addr := n.Leader()
 		if addr != "" {
-			_, err := n.fwd.call(ctx, addr, req)
+			_, err := n.fwd.call(ctx, n.dialAddr(id, addr), req)
 			if !errors.Is(err, ErrNotLeader) && !errors.Is(err, errUnreachable) {
 				return err
 			}

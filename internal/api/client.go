@@ -191,3 +191,9 @@ func (c *Client) Join(ctx context.Context, req JoinRequest) error {
 func (c *Client) RemoveNode(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/nodes/"+url.PathEscape(id), nil, nil)
 }
+
+// SetValues sets free-form settings; an empty value deletes a key.
+func (c *Client) SetValues(ctx context.Context, values map[string]string) (*Settings, error) {
+	var out Settings
+	return &out, c.do(ctx, http.MethodPut, "/settings/values", SettingValues{Values: values}, &out)
+}

@@ -97,3 +97,9 @@ type ErrorDetail struct {
 	// Leader names the leader when the error is about leadership.
 	Leader string `json:"leader,omitempty"`
 }
+
+// SettingValues is the body of PUT /v1/settings/values: small free-form
+// settings to set; an empty value deletes the key.
+type SettingValues struct {
+	Values map[string]string `json:"values"`
+}
