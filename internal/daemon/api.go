@@ -190,4 +190,3 @@ func (d *Daemon) waitApplied(ctx context.Context, index uint64) error {
 		}
 	}
 }
-
