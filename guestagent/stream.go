@@ -161,7 +161,9 @@ func (s *Stream) fail(ctx context.Context, command string, err error) error {
 	case ctx.Err() != nil:
 		return fmt.Errorf("%w: %s: %w", ErrTimeout, command, ctx.Err())
 	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
-		return fmt.Errorf("%w: %s: %w", ErrTimeout, command, err)
+		// The connection's deadline (the context's, or DefaultTimeout)
+		// fired before the context's own timer.
+		return fmt.Errorf("%w: %s: %w: %w", ErrTimeout, command, context.DeadlineExceeded, err)
 	case errors.Is(err, ErrProtocol):
 		return fmt.Errorf("guestagent: %s: %w", command, err)
 	default:

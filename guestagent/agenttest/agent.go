@@ -163,7 +163,7 @@ func (a *Agent) ServeConn(conn net.Conn) error {
 		switch {
 		case errors.Is(err, errReset):
 			if !a.QuietReset {
-				err = a.write(conn, replyTo(Command{}, nil, &ErrorReply{"GenericError", `JSON parse error, stray '\uFFFD'`}))
+				err = a.write(conn, replyTo(Command{}, nil, &ErrorReply{"GenericError", "JSON parse error, stray '\uFFFD'"}))
 			} else {
 				err = nil
 			}

@@ -147,22 +147,31 @@ func encodeReply(v any) []byte {
 		panic(fmt.Sprintf("agenttest: encoding a reply: %v", err))
 	}
 	out := make([]byte, 0, len(compact)+len(compact)/8+1)
-	inString, escaped := false, false
-	for _, b := range compact {
-		out = append(out, b)
-		switch {
-		case inString && escaped:
-			escaped = false
-		case inString && b == '\\':
-			escaped = true
-		case inString && b == '"':
-			inString = false
-		case inString:
-		case b == '"':
-			inString = true
-		case b == ':' || b == ',':
+	inString := false
+	for len(compact) > 0 {
+		special := `":,`
+		if inString {
+			special = `"\`
+		}
+		i := bytes.IndexAny(compact, special)
+		if i < 0 {
+			out = append(out, compact...)
+			break
+		}
+		out = append(out, compact[:i+1]...)
+		switch c := compact[i]; {
+		case c == '\\':
+			// Copy the escaped byte as is: it may be a quote.
+			if i+1 < len(compact) {
+				out = append(out, compact[i+1])
+				i++
+			}
+		case c == '"':
+			inString = !inString
+		default: // ':' or ',' outside a string
 			out = append(out, ' ')
 		}
+		compact = compact[i+1:]
 	}
 	return append(out, '\n')
 }
