@@ -1,9 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"strconv"
 
 	"github.com/spf13/cobra"
@@ -65,22 +65,22 @@ func runClusterStatus(ctx context.Context, g *globalOptions, opts clusterStatusO
 }
 
 // printClusterStatusTable is the table printer of "cluster status".
-func printClusterStatusTable(w io.Writer, st *api.ClusterStatus) {
+func printClusterStatusTable(b *bytes.Buffer, st *api.ClusterStatus) {
 	leader := st.LeaderID
 	if leader == "" {
 		leader = "none"
 	}
-	tw := newTable(w)
-	fmt.Fprintf(tw, "Leader:\t%s\n", leader)
-	fmt.Fprintf(tw, "Term:\t%d\n", st.Term)
-	fmt.Fprintf(tw, "Last index:\t%d\n", st.LastIndex)
-	fmt.Fprintf(tw, "Commit index:\t%d\n", st.CommitIndex)
-	fmt.Fprintf(tw, "Answered by:\t%s\n", orDash(st.AnsweredBy))
-	_ = tw.Flush()
-	fmt.Fprintln(w)
+	t := newTable(b)
+	t.row("Leader:", leader)
+	t.row("Term:", strconv.FormatUint(st.Term, 10))
+	t.row("Last index:", strconv.FormatUint(st.LastIndex, 10))
+	t.row("Commit index:", strconv.FormatUint(st.CommitIndex, 10))
+	t.row("Answered by:", orDash(st.AnsweredBy))
+	t.flush()
+	b.WriteString("\n")
 
-	tw = newTable(w)
-	fmt.Fprintln(tw, "ID\tROLE\tSTATE\tHEALTHY\tREACHABLE\tTERM\tLAST INDEX\tAPPLIED\tRTT\tERROR")
+	t = newTable(b)
+	t.row("ID", "ROLE", "STATE", "HEALTHY", "REACHABLE", "TERM", "LAST INDEX", "APPLIED", "RTT", "ERROR")
 	for _, p := range st.Peers {
 		state, term, last, applied := "-", "-", "-", "-"
 		if s := p.Status; s != nil {
@@ -89,10 +89,10 @@ func printClusterStatusTable(w io.Writer, st *api.ClusterStatus) {
 			last = strconv.FormatUint(s.LastIndex, 10)
 			applied = strconv.FormatUint(s.AppliedIndex, 10)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, orDash(string(p.Role)), state,
-			yesNo(p.Healthy), yesNo(p.Reachable), term, last, applied, formatRTT(p.RTTMillis), orDash(p.Error))
+		t.row(p.ID, orDash(string(p.Role)), state, yesNo(p.Healthy), yesNo(p.Reachable), term, last, applied,
+			formatRTT(p.RTTMillis), orDash(p.Error))
 	}
-	_ = tw.Flush()
+	t.flush()
 }
 
 // formatRTT shows a round-trip time in milliseconds with about three

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -157,12 +158,14 @@ func hints(g *globalOptions, cmd *cobra.Command, err error) []string {
 }
 
 // connectHints explains a failure to reach any server: which servers were
-// tried, where the TLS files came from, and what a TLS error means.
+// tried, what a TLS error means and where the TLS files came from, or
+// that the answer took longer than --timeout.
 func connectHints(g *globalOptions, err error) []string {
 	var out []string
 	var verr *tls.CertificateVerificationError
 	var herr x509.HostnameError
 	var operr *net.OpError
+	tlsErr := true
 	switch {
 	case errors.As(err, &herr):
 		out = append(out, "the server's certificate does not name the address it was reached at: use the node's API address as its certificate lists it")
@@ -170,12 +173,17 @@ func connectHints(g *globalOptions, err error) []string {
 		out = append(out, "the server's certificate is not signed by the CA in the CA file: check --ca / --tls-dir")
 	case errors.As(err, &operr) && operr.Op == "remote error":
 		out = append(out, "the server refused the TLS handshake: use an admin certificate issued by this cluster's CA (twinsnapd tls admin)")
+	default:
+		tlsErr = false
+	}
+	if errors.Is(err, context.DeadlineExceeded) && g != nil {
+		out = append(out, fmt.Sprintf("no answer within --timeout %s", g.timeout))
 	}
 	if g != nil && len(g.resolvedServers) > 0 {
 		out = append(out, fmt.Sprintf("tried %s (set with --server or TWINSNAP_SERVER); check that twinsnapd runs there and serves its API on that address",
 			strings.Join(g.resolvedServers, ", ")))
 	}
-	if g != nil && g.files.ca != "" {
+	if tlsErr && g != nil && g.files.ca != "" {
 		out = append(out, fmt.Sprintf("TLS files: %s, %s, %s (set with --tls-dir or TWINSNAP_TLS_DIR; --ca, --cert, --key override each)",
 			g.files.ca, g.files.cert, g.files.key))
 	}

@@ -1,9 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 
 	"github.com/spf13/cobra"
 
@@ -62,14 +62,14 @@ func runNodeList(ctx context.Context, g *globalOptions, opts nodeListOptions) er
 }
 
 // printNodesTable is the table printer of "node list".
-func printNodesTable(w io.Writer, l *api.NodeList) {
-	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tROLE\tRAFT ADDRESS\tAPI ADDRESS\tDATA ADDRESS\tVOTER\tLEADER")
+func printNodesTable(b *bytes.Buffer, l *api.NodeList) {
+	t := newTable(b)
+	t.row("ID", "ROLE", "RAFT ADDRESS", "API ADDRESS", "DATA ADDRESS", "VOTER", "LEADER")
 	for _, n := range l.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, orDash(string(n.Role)), orDash(n.RaftAddress),
-			orDash(n.APIAddress), orDash(n.DataAddress), yesNo(n.Voter), yesNo(n.Leader))
+		t.row(n.ID, orDash(string(n.Role)), orDash(n.RaftAddress), orDash(n.APIAddress), orDash(n.DataAddress),
+			yesNo(n.Voter), yesNo(n.Leader))
 	}
-	_ = tw.Flush()
+	t.flush()
 }
 
 // nodeRemoveOptions are the flags and argument of "node remove".

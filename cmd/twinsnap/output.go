@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -45,8 +46,9 @@ func addOutputFlag(cmd *cobra.Command, f *outputFormat) {
 	})
 }
 
-// printOutput writes v in format f: as indented JSON, or with table.
-func printOutput[T any](w io.Writer, f outputFormat, v T, table func(io.Writer, T)) error {
+// printOutput writes v in format f: as indented JSON, or as the text that
+// table renders into a buffer.
+func printOutput[T any](w io.Writer, f outputFormat, v T, table func(*bytes.Buffer, T)) error {
 	if f == formatJSON {
 		return writeJSON(w, v)
 	}
@@ -68,10 +70,22 @@ func writeJSON(w io.Writer, v any) error {
 	return nil
 }
 
-// newTable returns a tabwriter for aligned, tab-separated columns.
-func newTable(w io.Writer) *tabwriter.Writer {
-	return tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+// table renders aligned columns into a buffer (writes to memory do not
+// fail, so they are not checked).
+type table struct{ tw *tabwriter.Writer }
+
+// newTable returns a table writing into buf.
+func newTable(buf *bytes.Buffer) *table {
+	return &table{tw: tabwriter.NewWriter(buf, 0, 8, 2, ' ', 0)}
 }
+
+// row adds one row of cells.
+func (t *table) row(cells ...string) {
+	_, _ = io.WriteString(t.tw, strings.Join(cells, "\t")+"\n")
+}
+
+// flush aligns and writes the rows added so far.
+func (t *table) flush() { _ = t.tw.Flush() }
 
 // yesNo shows a boolean in a table.
 func yesNo(b bool) string {

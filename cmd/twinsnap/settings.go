@@ -1,9 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"sort"
 
 	"github.com/spf13/cobra"
@@ -110,28 +110,28 @@ func runSnapshotsSet(ctx context.Context, g *globalOptions, opts snapshotsSetOpt
 
 // printSettingsTable is the table printer of "settings show": the
 // snapshots switch, then any other values by name.
-func printSettingsTable(w io.Writer, s *api.Settings) {
-	tw := newTable(w)
-	fmt.Fprintln(tw, "SETTING\tVALUE")
-	fmt.Fprintf(tw, "snapshots\t%s\n", enabledDisabled(s.SnapshotsEnabled))
+func printSettingsTable(b *bytes.Buffer, s *api.Settings) {
+	t := newTable(b)
+	t.row("SETTING", "VALUE")
+	t.row("snapshots", enabledDisabled(s.SnapshotsEnabled))
 	keys := make([]string, 0, len(s.Values))
 	for k := range s.Values {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%s\n", k, orDash(s.Values[k]))
+		t.row(k, orDash(s.Values[k]))
 	}
-	_ = tw.Flush()
+	t.flush()
 }
 
 // printSnapshotsSettingTable is the table printer of "settings snapshots
 // enable|disable": the one setting changed.
-func printSnapshotsSettingTable(w io.Writer, s *api.Settings) {
-	tw := newTable(w)
-	fmt.Fprintln(tw, "SETTING\tVALUE")
-	fmt.Fprintf(tw, "snapshots\t%s\n", enabledDisabled(s.SnapshotsEnabled))
-	_ = tw.Flush()
+func printSnapshotsSettingTable(b *bytes.Buffer, s *api.Settings) {
+	t := newTable(b)
+	t.row("SETTING", "VALUE")
+	t.row("snapshots", enabledDisabled(s.SnapshotsEnabled))
+	t.flush()
 }
 
 // enabledDisabled shows a switch in a table.

@@ -1,9 +1,8 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"fmt"
-	"io"
 	"runtime"
 	"runtime/debug"
 
@@ -60,6 +59,6 @@ func currentVersion() versionInfo {
 }
 
 // printVersionTable is the text printer of "version".
-func printVersionTable(w io.Writer, v versionInfo) {
-	fmt.Fprintf(w, "twinsnap %s (%s, %s)\n", v.Version, v.GoVersion, v.Platform)
+func printVersionTable(b *bytes.Buffer, v versionInfo) {
+	b.WriteString("twinsnap " + v.Version + " (" + v.GoVersion + ", " + v.Platform + ")\n")
 }
