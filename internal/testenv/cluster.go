@@ -63,7 +63,9 @@ type Cluster struct {
 	// ProxyDataLink is set.
 	Proxies map[string]*Proxy
 
-	tb testing.TB
+	tb        testing.TB
+	peerAddrs map[string]map[string]string
+	logLevel  string
 }
 
 // BuildTwinsnap builds twinsnapd and twinsnap into dir.
@@ -91,7 +93,7 @@ func StartCluster(tb testing.TB, opts ClusterOptions) *Cluster {
 		opts.LogLevel = "info"
 	}
 	dir := TempDir(tb, "cluster")
-	c := &Cluster{Dir: dir, Nodes: map[string]*ClusterNode{}, Proxies: map[string]*Proxy{}, tb: tb}
+	c := &Cluster{Dir: dir, Nodes: map[string]*ClusterNode{}, Proxies: map[string]*Proxy{}, tb: tb, logLevel: opts.LogLevel}
 	var err error
 	c.DaemonBin, c.CLIBin, err = BuildTwinsnap(ctx, filepath.Join(dir, "bin"))
 	if err != nil {
@@ -120,8 +122,9 @@ func StartCluster(tb testing.TB, opts ClusterOptions) *Cluster {
 		peerAddrs[DataA] = map[string]string{DataB: ab.Addr()}
 		peerAddrs[DataB] = map[string]string{DataA: ba.Addr()}
 	}
+	c.peerAddrs = peerAddrs
 	for _, n := range c.Nodes {
-		if err := os.WriteFile(n.Config, []byte(c.config(n, peerAddrs[n.ID], opts.LogLevel)), 0o644); err != nil {
+		if err := os.WriteFile(n.Config, []byte(c.config(n, peerAddrs[n.ID], nil)), 0o644); err != nil {
 			tb.Fatalf("writing config: %v", err)
 		}
 	}
@@ -157,7 +160,11 @@ func (c *Cluster) tls(ctx context.Context, args ...string) {
 	}
 }
 
-func (c *Cluster) config(n *ClusterNode, peerAddrs map[string]string, level string) string {
+// config renders a node's configuration: founding member of the
+// three-node cluster, or, with join set, a new node joining through those
+// API addresses.
+func (c *Cluster) config(n *ClusterNode, peerAddrs map[string]string, join []string) string {
+	level := c.logLevel
 	var b strings.Builder
 	fmt.Fprintf(&b, "id = %q\nrole = %q\ndata_dir = %q\n\n", n.ID, n.Role, filepath.Join(n.Dir, "data"))
 	fmt.Fprintf(&b, "[listen]\nraft = %q\napi = %q\n", n.RaftAddr, n.APIAddr)
@@ -165,8 +172,19 @@ func (c *Cluster) config(n *ClusterNode, peerAddrs map[string]string, level stri
 		fmt.Fprintf(&b, "data = %q\n", n.DataAddr)
 	}
 	fmt.Fprintf(&b, "\n[tls]\ndir = %q\n\n[log]\nlevel = %q\n\n[cluster]\n", filepath.Join(n.Dir, "tls"), level)
-	for _, id := range []string{DataA, DataB, Witness} {
-		fmt.Fprintf(&b, "[[cluster.bootstrap]]\nid = %q\nraft = %q\n", id, c.Nodes[id].RaftAddr)
+	if len(join) > 0 {
+		fmt.Fprintf(&b, "join = [")
+		for i, a := range join {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%q", a)
+		}
+		b.WriteString("]\n")
+	} else {
+		for _, id := range []string{DataA, DataB, Witness} {
+			fmt.Fprintf(&b, "[[cluster.bootstrap]]\nid = %q\nraft = %q\n", id, c.Nodes[id].RaftAddr)
+		}
 	}
 	if len(peerAddrs) > 0 {
 		b.WriteString("\n[cluster.peer_addresses]\n")
@@ -209,6 +227,34 @@ func (c *Cluster) Start(ctx context.Context, id string) error {
 		return fmt.Errorf("testenv: %s did not come up: %w\n%s", id, err, tail(b, 3000))
 	}
 	return nil
+}
+
+// Reset makes a stopped node new: its data directory is wiped and its
+// configuration asks to join the cluster through the given nodes' APIs.
+func (c *Cluster) Reset(id string, joinVia ...string) error {
+	if c.Running(id) {
+		return fmt.Errorf("testenv: %s is running", id)
+	}
+	n := c.Nodes[id]
+	if err := os.RemoveAll(filepath.Join(n.Dir, "data")); err != nil {
+		return fmt.Errorf("testenv: %w", err)
+	}
+	var join []string
+	for _, v := range joinVia {
+		join = append(join, c.Nodes[v].APIAddr)
+	}
+	if err := os.WriteFile(n.Config, []byte(c.config(n, c.peerAddrs[id], join)), 0o644); err != nil {
+		return fmt.Errorf("testenv: %w", err)
+	}
+	return nil
+}
+
+// DaemonCommand runs a twinsnapd subcommand (such as recover) for a node,
+// with its configuration, and returns its combined output.
+func (c *Cluster) DaemonCommand(ctx context.Context, id string, args ...string) (string, error) {
+	full := append(append([]string{}, args...), "--config", c.Nodes[id].Config)
+	out, err := exec.CommandContext(ctx, c.DaemonBin, full...).CombinedOutput()
+	return string(out), err
 }
 
 // Kill sends SIGKILL to a node's daemon and waits for it to die.
