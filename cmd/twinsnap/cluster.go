@@ -23,6 +23,7 @@ type clusterStatusOptions struct {
 	output outputFormat
 }
 
+// newClusterStatusCommand returns "twinsnap cluster status".
 func newClusterStatusCommand(g *globalOptions) *cobra.Command {
 	var opts clusterStatusOptions
 	cmd := &cobra.Command{

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twinsnap/twinsnap/internal/api"
 )
@@ -246,5 +250,25 @@ func TestVersion(t *testing.T) {
 	var v versionInfo
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &v) != nil || v.Version == "" || v.GoVersion == "" || v.Platform == "" {
 		t.Fatalf("version -o json: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestNodeRemoveInterruptedPrompt interrupts the command while it waits
+// for an answer that never comes.
+func TestNodeRemoveInterruptedPrompt(t *testing.T) {
+	t.Parallel()
+	p := newTestPKI(t)
+	fake := cannedAPI()
+	addr := startFake(t, p, fake)
+	stdin, stdinW := io.Pipe()
+	defer func() { _ = stdinW.Close() }()
+	var stdout, stderr bytes.Buffer
+	env := &cliEnv{stdin: stdin, stdout: &stdout, stderr: &stderr,
+		getenv: func(string) string { return "" }, stdinIsTerminal: func() bool { return true }}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	code := run(ctx, append(flagsFor(p, addr), "node", "remove", "n2"), env)
+	if code != exitUsage || !strings.Contains(stderr.String(), "interrupted") || len(fake.seen()) != 0 {
+		t.Fatalf("interrupted prompt: exit %d, stderr %q, requests %q", code, stderr.String(), fake.seen())
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,9 +11,9 @@ import (
 
 // confirm asks the operator a yes/no question on stderr and reads the
 // answer from stdin. It returns nil only for "y" or "yes"; a usage error
-// when the answer is anything else or stdin is not a terminal (scripts
-// must pass --yes).
-func confirm(env *cliEnv, question string) error {
+// when the answer is anything else, when ctx ends first (an interrupt), or
+// when stdin is not a terminal (scripts must pass --yes).
+func confirm(ctx context.Context, env *cliEnv, question string) error {
 	if !env.stdinIsTerminal() {
 		return withHint(usagef("stdin is not a terminal, so no one can confirm: refusing without --yes"),
 			"pass --yes to confirm from a script")
@@ -20,11 +21,27 @@ func confirm(env *cliEnv, question string) error {
 	if _, err := fmt.Fprintf(env.stderr, "%s [y/N] ", question); err != nil {
 		return fmt.Errorf("asking for confirmation: %w", err)
 	}
-	line, err := bufio.NewReader(env.stdin).ReadString('\n')
-	if err != nil && (!errors.Is(err, io.EOF) || line == "") {
+	type answer struct {
+		line string
+		err  error
+	}
+	// The read cannot be cancelled; on an interrupt the goroutine is left
+	// to the process's exit.
+	answers := make(chan answer, 1)
+	go func() {
+		line, err := bufio.NewReader(env.stdin).ReadString('\n')
+		answers <- answer{line, err}
+	}()
+	var a answer
+	select {
+	case a = <-answers:
+	case <-ctx.Done():
+		return withHint(usagef("interrupted: aborted"), "nothing was changed")
+	}
+	if a.err != nil && (!errors.Is(a.err, io.EOF) || a.line == "") {
 		return withHint(usagef("no confirmation given: aborted"), "nothing was changed")
 	}
-	switch strings.ToLower(strings.TrimSpace(line)) {
+	switch strings.ToLower(strings.TrimSpace(a.line)) {
 	case "y", "yes":
 		return nil
 	}

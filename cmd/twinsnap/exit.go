@@ -45,7 +45,10 @@ var errTLSSetup = errors.New("TLS files")
 // whatever it wraps).
 type usageError struct{ err error }
 
-func (e *usageError) Error() string   { return e.err.Error() }
+// Error returns the wrapped error's message.
+func (e *usageError) Error() string { return e.err.Error() }
+
+// Unwrap returns errUsage and the wrapped error.
 func (e *usageError) Unwrap() []error { return []error{errUsage, e.err} }
 
 // usagef returns a usage error with a formatted message.
@@ -59,7 +62,10 @@ type hintError struct {
 	hint string
 }
 
+// Error returns the wrapped error's message (the hint is printed apart).
 func (e *hintError) Error() string { return e.err.Error() }
+
+// Unwrap returns the wrapped error.
 func (e *hintError) Unwrap() error { return e.err }
 
 // withHint returns err carrying hint, which printError shows after the

@@ -14,8 +14,14 @@ import (
 	"golang.org/x/term"
 )
 
+// main runs the CLI; the first interrupt cancels the command's context,
+// a second one ends the process.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // restore the default: a second interrupt kills
+	}()
 	code := run(ctx, os.Args[1:], osEnv())
 	stop()
 	os.Exit(code)

@@ -22,6 +22,7 @@ type nodeListOptions struct {
 	output outputFormat
 }
 
+// newNodeListCommand returns "twinsnap node list".
 func newNodeListCommand(g *globalOptions) *cobra.Command {
 	var opts nodeListOptions
 	cmd := &cobra.Command{
@@ -78,6 +79,7 @@ type nodeRemoveOptions struct {
 	yes bool
 }
 
+// newNodeRemoveCommand returns "twinsnap node remove ID".
 func newNodeRemoveCommand(g *globalOptions) *cobra.Command {
 	var opts nodeRemoveOptions
 	cmd := &cobra.Command{
@@ -104,7 +106,7 @@ func runNodeRemove(ctx context.Context, g *globalOptions, opts nodeRemoveOptions
 		return usagef("the node ID is empty")
 	}
 	if !opts.yes {
-		if err := confirm(g.env, fmt.Sprintf("Remove node %s from the cluster?", opts.id)); err != nil {
+		if err := confirm(ctx, g.env, fmt.Sprintf("Remove node %s from the cluster?", opts.id)); err != nil {
 			return err
 		}
 	}

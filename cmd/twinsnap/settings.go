@@ -25,6 +25,7 @@ type settingsShowOptions struct {
 	output outputFormat
 }
 
+// newSettingsShowCommand returns "twinsnap settings show".
 func newSettingsShowCommand(g *globalOptions) *cobra.Command {
 	var opts settingsShowOptions
 	cmd := &cobra.Command{
@@ -65,6 +66,8 @@ type snapshotsSetOptions struct {
 	output  outputFormat
 }
 
+// newSnapshotsSetCommand returns "twinsnap settings snapshots enable" or
+// "... disable".
 func newSnapshotsSetCommand(g *globalOptions, enabled bool) *cobra.Command {
 	opts := snapshotsSetOptions{enabled: enabled}
 	use, short := "enable", "Allow taking snapshots"

@@ -26,6 +26,7 @@ type versionOptions struct {
 	output outputFormat
 }
 
+// newVersionCommand returns "twinsnap version".
 func newVersionCommand(g *globalOptions) *cobra.Command {
 	var opts versionOptions
 	cmd := &cobra.Command{
