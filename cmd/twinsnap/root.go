@@ -219,7 +219,7 @@ func (g *globalOptions) client() (*api.Client, error) {
 			where = "where --ca, --cert and --key point"
 		}
 		return nil, withHint(fmt.Errorf("%w: cannot read %s", errTLSSetup, strings.Join(missing, ", ")),
-			fmt.Sprintf("create an admin certificate with 'twinsnapd tls admin' on a node and copy the CA certificate, admin certificate and key %s as %s, %s and %s (or choose them with --tls-dir, --ca, --cert, --key)",
+			fmt.Sprintf("create an admin certificate where the cluster CA is kept with 'twinsnapd tls admin --ca-dir <CA dir> --name admin --out <dir>' and copy the CA certificate, admin certificate and key %s as %s, %s and %s (or choose them with --tls-dir, --ca, --cert, --key)",
 				where, filepath.Base(files.ca), filepath.Base(files.cert), filepath.Base(files.key)))
 	}
 	c, err := api.NewClient(api.ClientConfig{

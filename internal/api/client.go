@@ -115,7 +115,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 func (c *Client) doOne(ctx context.Context, server, method, path string, body []byte, out any) error {
-	u := url.URL{Scheme: "https", Host: server, Path: Version + path}
+	// path arrives escaped (ids go through url.PathEscape); keep that form.
+	unescaped, err := url.PathUnescape(Version + path)
+	if err != nil {
+		return fmt.Errorf("%w: path %q: %w", ErrInvalid, path, err)
+	}
+	u := url.URL{Scheme: "https", Host: server, Path: unescaped, RawPath: Version + path}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
