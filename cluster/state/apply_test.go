@@ -76,7 +76,7 @@ func TestResultAndErrorCodes(t *testing.T) {
 	for _, sentinel := range []error{ErrNotFound, ErrExists, ErrFenced, ErrInvalidTransition, ErrSnapshotsDisabled,
 		ErrNoSpace, ErrInvalid, ErrInUse, ErrChecksumMismatch, ErrLimit} {
 		code := ErrorCode(fmt.Errorf("wrapped: %w", sentinel))
-		if code == "" || code == "internal" || ErrorForCode(code) != sentinel {
+		if code == "" || code == "internal" || !errors.Is(ErrorForCode(code), sentinel) {
 			t.Fatalf("ErrorCode(%v) = %q does not round-trip", sentinel, code)
 		}
 	}
@@ -206,4 +206,49 @@ func TestConcurrentApplyQueryCheckpoint(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestInvalidCommandsRefused proposes one command per type that fails its
+// own validation: each is refused with ErrInvalid and changes nothing.
+func TestInvalidCommandsRefused(t *testing.T) {
+	h := newHarness(t)
+	h.cluster()
+	h.completeSnapshot("s1", nil, "vol-1")
+	badVM := vmSpec("vm-1", "node-a", "vol-1")
+	badVM.FreezeTimeout = 0
+	invalid := []command.Command{
+		&command.NodeAdded{Node: command.Node{ID: "n", Role: command.RoleData, RaftAddress: "x", APIAddress: "y:1", DataAddress: "z:1"}},
+		&command.NodeUpdated{Node: command.Node{ID: "node-a", Role: command.RoleWitness, RaftAddress: "a:1", APIAddress: "a:2", DataAddress: "a:3"}},
+		&command.NodeRemoved{ID: " node-a"},
+		&command.SettingsSet{Values: map[string]string{"": "x"}},
+		&command.VMRegistered{VM: vmSpec("vm-9", "node-a")},
+		&command.VMUpdated{VM: badVM},
+		&command.VMRemoved{ID: "vm-1/"},
+		&command.ContainerCreated{VolumeID: "vol-1", Node: "node-a"},
+		&command.ContainerExpanded{VolumeID: "vol-1", Node: "node-a", CapacityBytes: command.MaxBytes + 1},
+		&command.SnapshotCreated{ID: "s2", VMID: "vm-1", Name: "x", Creator: "a", CreatedAt: t0, Term: 1, Coordinator: "node-a"},
+		&command.SnapshotCaptured{ID: "s1", Term: 1, Node: "node-a", Achieved: "perfect", Verified: true, CapturedAt: t0, Volumes: volData(1, sumA, "vol-1")},
+		&command.ReplicaWritten{ID: "s1", Term: 1, Node: "node-b", Volumes: volData(1, "nothex", "vol-1"), At: t0},
+		&command.SnapshotFailed{ID: "s1", Term: 0, Node: "node-a", Reason: "x", At: t0},
+		&command.DiscardIncomplete{Term: 0, At: t0},
+		&command.SnapshotDeleteRequested{ID: "s1", Term: 1, Requester: "admin"},
+		&command.ReplicaReclaimed{ID: "", Term: 1, Node: "node-a", At: t0},
+		&command.ExportJobCreated{ID: "j", SnapshotID: "s1", Node: "node-a", Target: "smb://nas/x", Format: "ova", Creator: "a", CreatedAt: t0},
+		&command.ImportJobCreated{ID: "j", Node: "node-a", Source: "http://nas/x.ovf", VMName: "x", Creator: "a", CreatedAt: t0},
+		&command.JobProgress{ID: "j", Offset: 5, Bytes: 5, TotalBytes: 4, At: t0},
+		&command.JobStateChanged{ID: "j", State: command.JobQueued, At: t0},
+	}
+	covered := map[command.Type]bool{}
+	for _, cmd := range invalid {
+		if cmd.Validate() == nil {
+			t.Fatalf("%s: the test command is valid", cmd.Type())
+		}
+		h.refused(cmd, ErrInvalid)
+		covered[cmd.Type()] = true
+	}
+	for _, typ := range command.Types() {
+		if !covered[typ] {
+			t.Fatalf("no invalid-input case for %s", typ)
+		}
+	}
 }

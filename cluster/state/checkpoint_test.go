@@ -376,25 +376,25 @@ func TestCheckpointLarge(t *testing.T) {
 		n = 10_000
 	}
 	st := bigState(t, n)
-	start := time.Now()
+	elapsed := stopwatch()
 	var buf bytes.Buffer
 	if _, err := st.Checkpoint().WriteTo(&buf); err != nil {
 		t.Fatal(err)
 	}
 	full := buf.Bytes()
-	writeTime := time.Since(start)
+	writeTime := elapsed()
 	want := sha256.Sum256(full) // what Digest computes
 
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	start = time.Now()
+	elapsed = stopwatch()
 	r := &meteredReader{r: bytes.NewReader(full)}
 	st2 := New()
 	if err := st2.Restore(r); err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
-	restoreTime := time.Since(start)
+	restoreTime := elapsed()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	if got := st2.Digest(); got != want {

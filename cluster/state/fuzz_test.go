@@ -84,7 +84,8 @@ func TestGoldenCommandsApply(t *testing.T) {
 		}
 		return h.st.Digest()
 	}
-	if run() != run() {
+	first, second := run(), run()
+	if first != second {
 		t.Fatalf("replaying the command samples is not deterministic")
 	}
 }

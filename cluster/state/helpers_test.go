@@ -227,3 +227,11 @@ func ids[T any](list []T, id func(T) string) string {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// stopwatch starts timing a test step; only tests read the clock.
+func stopwatch() func() time.Duration {
+	start := time.Now() //nolint:forbidigo // times the test, not the state machine
+	return func() time.Duration {
+		return time.Since(start) //nolint:forbidigo // times the test, not the state machine
+	}
+}

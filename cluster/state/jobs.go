@@ -9,26 +9,35 @@ import (
 
 // Job is an export or import job.
 type Job struct {
-	ID   string          `json:"id"`
+	// ID identifies the job.
+	ID string `json:"id"`
+	// Kind is export or import.
 	Kind command.JobKind `json:"kind"`
 	// State is where the job is; see command.JobState.
 	State command.JobState `json:"state"`
 	// Node runs the job.
 	Node string `json:"node"`
-	// SnapshotID, Target and Format describe an export.
-	SnapshotID string               `json:"snapshot_id,omitempty"`
-	Target     string               `json:"target,omitempty"`
-	Format     command.ExportFormat `json:"format,omitempty"`
-	// Source, VMName and NewMACs describe an import.
-	Source  string `json:"source,omitempty"`
-	VMName  string `json:"vm_name,omitempty"`
-	NewMACs bool   `json:"new_macs,omitempty"`
-	// Creator and CreatedAt say who asked and when.
-	Creator   string    `json:"creator"`
+	// SnapshotID is the snapshot an export reads.
+	SnapshotID string `json:"snapshot_id,omitempty"`
+	// Target is where an export writes its package.
+	Target string `json:"target,omitempty"`
+	// Format is an export's disk format.
+	Format command.ExportFormat `json:"format,omitempty"`
+	// Source is the package an import reads.
+	Source string `json:"source,omitempty"`
+	// VMName is the name of the VM an import creates.
+	VMName string `json:"vm_name,omitempty"`
+	// NewMACs asks an import for new MAC addresses.
+	NewMACs bool `json:"new_macs,omitempty"`
+	// Creator names who asked for the job.
+	Creator string `json:"creator"`
+	// CreatedAt is when the job was accepted.
 	CreatedAt time.Time `json:"created_at"`
-	// Offset, Bytes and TotalBytes are the last progress report.
-	Offset     int64 `json:"offset"`
-	Bytes      int64 `json:"bytes"`
+	// Offset is where a resumed transfer continues (last progress report).
+	Offset int64 `json:"offset"`
+	// Bytes is how many bytes were moved (last progress report).
+	Bytes int64 `json:"bytes"`
+	// TotalBytes is how many bytes the job moves in all; 0 when unknown.
 	TotalBytes int64 `json:"total_bytes,omitempty"`
 	// Error says why the job failed.
 	Error string `json:"error,omitempty"`

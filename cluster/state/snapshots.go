@@ -43,10 +43,12 @@ type SnapshotVolume struct {
 	ParentID string `json:"parent_id,omitempty"`
 	// EstimatedBytes is the size estimate space was reserved for.
 	EstimatedBytes int64 `json:"estimated_bytes"`
-	// SizeBytes, StoredBytes and SHA256 come from the capture.
-	SizeBytes   int64  `json:"size_bytes,omitempty"`
-	StoredBytes int64  `json:"stored_bytes,omitempty"`
-	SHA256      string `json:"sha256,omitempty"`
+	// SizeBytes is the volume's virtual size at capture.
+	SizeBytes int64 `json:"size_bytes,omitempty"`
+	// StoredBytes is the space the captured data takes.
+	StoredBytes int64 `json:"stored_bytes,omitempty"`
+	// SHA256 is the captured data's checksum, which every replica must match.
+	SHA256 string `json:"sha256,omitempty"`
 	// ChargedBytes is what the snapshot charges, for this volume, to the
 	// container on each node in Snapshot.Charged.
 	ChargedBytes int64 `json:"charged_bytes"`
@@ -86,20 +88,28 @@ type Discard struct {
 // Snapshot is a point-in-time image of a VM's selected volumes and its
 // configuration.
 type Snapshot struct {
-	ID          string    `json:"id"`
-	VMID        string    `json:"vm_id"`
-	Name        string    `json:"name"`
-	Description string    `json:"description,omitempty"`
-	Creator     string    `json:"creator"`
-	CreatedAt   time.Time `json:"created_at"`
+	// ID identifies the snapshot.
+	ID string `json:"id"`
+	// VMID is the VM it is of.
+	VMID string `json:"vm_id"`
+	// Name is unique among the VM's snapshots that are not discarded.
+	Name string `json:"name"`
+	// Description is optional free text.
+	Description string `json:"description,omitempty"`
+	// Creator names who asked for it.
+	Creator string `json:"creator"`
+	// CreatedAt is when the leader accepted the request.
+	CreatedAt time.Time `json:"created_at"`
 	// State is where the snapshot is in its life.
 	State SnapshotState `json:"state"`
-	// Desired and Required are the requested consistency bounds; Achieved
-	// what the capture reached, and StepDownReason why it is below Desired.
-	Desired        command.Consistency `json:"desired"`
-	Required       command.Consistency `json:"required"`
-	Achieved       command.Consistency `json:"achieved,omitempty"`
-	StepDownReason string              `json:"step_down_reason,omitempty"`
+	// Desired is the consistency to try first.
+	Desired command.Consistency `json:"desired"`
+	// Required is the lowest acceptable consistency.
+	Required command.Consistency `json:"required"`
+	// Achieved is what the capture reached; empty until partial.
+	Achieved command.Consistency `json:"achieved,omitempty"`
+	// StepDownReason says why Achieved is below Desired.
+	StepDownReason string `json:"step_down_reason,omitempty"`
 	// Coordinator is the node that captures and drives the snapshot.
 	Coordinator string `json:"coordinator"`
 	// Term is the term the snapshot was started in: its fencing term.
@@ -110,22 +120,24 @@ type Snapshot struct {
 	Replicas []Replica `json:"replicas,omitempty"`
 	// Config is the VM's description when the snapshot was started.
 	Config command.VM `json:"config"`
-	// CapturedAt and CompletedAt are set on reaching partial and complete.
-	CapturedAt  time.Time `json:"captured_at,omitzero"`
+	// CapturedAt is when the capture was taken; set on reaching partial.
+	CapturedAt time.Time `json:"captured_at,omitzero"`
+	// CompletedAt is when the second replica was written; set on complete.
 	CompletedAt time.Time `json:"completed_at,omitzero"`
 	// Discard is set in state discarded.
 	Discard *Discard `json:"discard,omitempty"`
-	// DeleteRequester and DeleteRequestedAt are set in state deleting.
-	DeleteRequester   string    `json:"delete_requester,omitempty"`
+	// DeleteRequester names who asked for the deletion (state deleting).
+	DeleteRequester string `json:"delete_requester,omitempty"`
+	// DeleteRequestedAt is when the deletion was accepted (state deleting).
 	DeleteRequestedAt time.Time `json:"delete_requested_at,omitzero"`
 	// Charged lists, sorted, the nodes whose containers the snapshot charges.
 	Charged []string `json:"charged,omitempty"`
 	// Reclaim lists, sorted, the nodes yet to reclaim the snapshot's space
 	// (states deleting and discarded).
 	Reclaim []string `json:"reclaim,omitempty"`
-	// CreatedIndex and UpdatedIndex are the log indexes of the creation and
-	// of the last change.
+	// CreatedIndex is the log index of snapshot-created.
 	CreatedIndex uint64 `json:"created_index"`
+	// UpdatedIndex is the log index of the last change.
 	UpdatedIndex uint64 `json:"updated_index"`
 }
 

@@ -64,9 +64,10 @@ func New() *State {
 // Result is what Apply returns for one log entry. The Raft FSM hands it back
 // to the proposer as the entry's response.
 type Result struct {
-	// Index and Term identify the log entry.
+	// Index is the log entry's index.
 	Index uint64
-	Term  uint64
+	// Term is the Raft term the entry was appended in.
+	Term uint64
 	// Type is the entry's command type.
 	Type command.Type
 	// Ignored is true for an unknown command flagged IgnoreUnknown: the entry
@@ -86,9 +87,10 @@ type Result struct {
 // decoded: skipping it would let this node diverge from its peers, so the
 // node must stop (and be upgraded, for an entry written by a newer release).
 type ApplyError struct {
-	// Index and Term identify the log entry.
+	// Index is the log entry's index.
 	Index uint64
-	Term  uint64
+	// Term is the Raft term the entry was appended in.
+	Term uint64
 	// Err is the decoding error.
 	Err error
 }

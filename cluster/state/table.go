@@ -79,8 +79,6 @@ func (t *table[T]) del(k string) {
 	t.n--
 }
 
-func (t *table[T]) len() int { return t.n }
-
 // freeze returns a read-only copy of t as it is now and starts a new
 // generation in t. Never write to the copy.
 func (t *table[T]) freeze() *table[T] {
