@@ -1,6 +1,7 @@
 package guestagent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -42,6 +43,11 @@ func (c *Client) call(ctx context.Context, command string, args, out any) error 
 	}
 	if out == nil {
 		return nil
+	}
+	// json.Unmarshal takes null for a zero value: a thaw would report
+	// "0 thawed" for a reply that says nothing.
+	if string(bytes.TrimSpace(raw)) == "null" {
+		return fmt.Errorf("%w: %s: null reply", ErrProtocol, command)
 	}
 	if err := json.Unmarshal(raw, out); err != nil {
 		return fmt.Errorf("%w: %s: decoding reply: %w", ErrProtocol, command, err)
@@ -101,8 +107,13 @@ func (c *Client) Thaw(ctx context.Context) (int, error) {
 // FreezeStatus returns whether the guest's file systems are frozen.
 func (c *Client) FreezeStatus(ctx context.Context) (FreezeStatus, error) {
 	var s FreezeStatus
-	err := c.call(ctx, "guest-fsfreeze-status", nil, &s)
-	return s, err
+	if err := c.call(ctx, "guest-fsfreeze-status", nil, &s); err != nil {
+		return "", err
+	}
+	if s != Frozen && s != Thawed {
+		return "", fmt.Errorf("%w: guest-fsfreeze-status: unknown status %.64q", ErrProtocol, string(s))
+	}
+	return s, nil
 }
 
 // Exec starts a program in the guest and returns its pid; the agent keeps

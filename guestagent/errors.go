@@ -28,9 +28,13 @@ const (
 // Error is an error reply from the agent. Its Class is the agent's error
 // class, e.g. GenericError or CommandNotFound.
 type Error struct {
+	// Command is the command the agent refused, e.g. guest-exec.
 	Command string
-	Class   string
-	Desc    string
+	// Class is the agent's error class, e.g. ClassCommandNotFound.
+	Class string
+	// Desc is the agent's description, e.g. "Command guest-exec has
+	// been disabled: the agent is in frozen state".
+	Desc string
 }
 
 // Error implements error.

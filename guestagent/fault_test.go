@@ -340,3 +340,33 @@ func bounded2[T any](t *testing.T, f func(ctx context.Context) (T, error)) (T, e
 	})
 	return v, err
 }
+
+// TestWrongShapeReply: well-formed replies whose value does not fit the
+// call fail with ErrProtocol instead of decoding to a zero value, and the
+// stream stays in sync (the framing was right).
+func TestWrongShapeReply(t *testing.T) {
+	a := agenttest.New()
+	a.Fault = agenttest.Chain(
+		agenttest.Once("guest-fsfreeze-thaw", agenttest.Action{Return: []byte("null")}),
+		agenttest.Once("guest-fsfreeze-status", agenttest.Action{Return: []byte(`"melting"`)}),
+		agenttest.Once("guest-fsfreeze-freeze-list", agenttest.Action{Return: []byte(`"1"`)}),
+	)
+	c, _ := start(t, a)
+	ctx := fresh(t)
+	if n, err := c.Thaw(ctx); !errors.Is(err, guestagent.ErrProtocol) {
+		t.Fatalf("thaw answered null = %d, %v; want ErrProtocol", n, err)
+	}
+	if st, err := c.FreezeStatus(ctx); !errors.Is(err, guestagent.ErrProtocol) {
+		t.Fatalf("status answered \"melting\" = %q, %v; want ErrProtocol", st, err)
+	}
+	if n, err := c.FreezeList(ctx, []string{"/mnt/data1"}); !errors.Is(err, guestagent.ErrProtocol) {
+		t.Fatalf("freeze answered \"1\" = %d, %v; want ErrProtocol", n, err)
+	}
+	if st, err := c.FreezeStatus(ctx); err != nil || st != guestagent.Frozen {
+		t.Fatalf("status after = %q, %v; want frozen", st, err)
+	}
+	mustThaw(t, c, a, 1)
+	if got := a.Count("guest-sync-delimited"); got != 1 {
+		t.Fatalf("client resynced (%d syncs) after well-framed replies", got)
+	}
+}

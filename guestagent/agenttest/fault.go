@@ -20,8 +20,10 @@ type Command struct {
 
 // ErrorReply is an error reply: the agent's error class and description.
 type ErrorReply struct {
+	// Class is the error class, e.g. "GenericError", "CommandNotFound".
 	Class string
-	Desc  string
+	// Desc is the description.
+	Desc string
 }
 
 // Action is how the agent treats one command. The zero Action runs the

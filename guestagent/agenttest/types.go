@@ -6,27 +6,37 @@ package agenttest
 
 // FileSystem is one guest file system (GuestFilesystemInfo).
 type FileSystem struct {
-	Name       string  `json:"name"`
-	Mountpoint string  `json:"mountpoint"`
-	Type       string  `json:"type"`
+	// Name, Mountpoint and Type are the device name ("vdb"), the mount
+	// point and the file system type ("ext4").
+	Name       string `json:"name"`
+	Mountpoint string `json:"mountpoint"`
+	Type       string `json:"type"`
+	// UsedBytes and TotalBytes are optional in the schema.
 	UsedBytes  *uint64 `json:"used-bytes,omitempty"`
 	TotalBytes *uint64 `json:"total-bytes,omitempty"`
-	Disks      []Disk  `json:"disk"`
+	// Disks are the disks behind the file system.
+	Disks []Disk `json:"disk"`
 }
 
 // Disk is one disk behind a file system (GuestDiskAddress).
 type Disk struct {
+	// PCIController is the PCI address of the disk's controller.
 	PCIController PCIAddress `json:"pci-controller"`
-	BusType       string     `json:"bus-type"`
-	Bus           int        `json:"bus"`
-	Target        int        `json:"target"`
-	Unit          int        `json:"unit"`
-	Serial        string     `json:"serial,omitempty"`
-	Dev           string     `json:"dev,omitempty"`
+	// BusType is "virtio", "scsi", ...; Bus, Target and Unit address
+	// the disk on its controller.
+	BusType string `json:"bus-type"`
+	Bus     int    `json:"bus"`
+	Target  int    `json:"target"`
+	Unit    int    `json:"unit"`
+	// Serial and Dev are optional: the serial number and the device
+	// node ("/dev/vdb").
+	Serial string `json:"serial,omitempty"`
+	Dev    string `json:"dev,omitempty"`
 }
 
 // PCIAddress is a PCI address (GuestPCIAddress).
 type PCIAddress struct {
+	// Domain, Bus, Slot and Function make up the address.
 	Domain   int `json:"domain"`
 	Bus      int `json:"bus"`
 	Slot     int `json:"slot"`

@@ -22,6 +22,7 @@ var errReset = errors.New("agenttest: parser reset by 0xFF")
 // parseError is a GenericError the agent sends for input it cannot parse.
 type parseError struct{ desc string }
 
+// Error implements error.
 func (e *parseError) Error() string { return e.desc }
 
 // readRequest reads the next JSON object from r, as the agent's streaming
