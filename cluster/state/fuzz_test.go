@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/twinsnap/twinsnap/cluster/command"
 )
 
 // seedCheckpoints returns checkpoints to start fuzzing from: the golden
@@ -88,4 +90,53 @@ func TestGoldenCommandsApply(t *testing.T) {
 	if first != second {
 		t.Fatalf("replaying the command samples is not deterministic")
 	}
+}
+
+// FuzzApply feeds arbitrary log entries to a populated state. Apply may
+// panic only with *ApplyError, and only for entries command.Decode
+// rejects; everything else is applied or refused, the same way every time.
+func FuzzApply(f *testing.F) {
+	files, err := filepath.Glob(filepath.Join("..", "command", "testdata", "*.bin"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	fixture := func(t testing.TB) *State {
+		h := newHarness(t)
+		h.cluster()
+		h.completeSnapshot("snap-0", nil, "vol-1", "vol-2")
+		h.ok(created("snap-1", "vm-1", 1, gib, "vol-1"))
+		return h.st
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		apply := func() (digest [32]byte, res Result, panicked any) {
+			st := fixture(t)
+			func() {
+				defer func() { panicked = recover() }()
+				res = st.Apply(100, 9, b)
+			}()
+			return st.Digest(), res, panicked
+		}
+		d1, r1, p1 := apply()
+		if p1 != nil {
+			var ae *ApplyError
+			if e, ok := p1.(error); !ok || !errors.As(e, &ae) {
+				t.Fatalf("Apply panicked with %v", p1)
+			}
+			if _, err := command.Decode(b); err == nil {
+				t.Fatalf("Apply panicked on a decodable entry: %v", p1)
+			}
+			return
+		}
+		d2, r2, _ := apply()
+		if d1 != d2 || ErrorCode(r1.Err) != ErrorCode(r2.Err) {
+			t.Fatalf("the same entry applied twice gave different results: %v / %v", r1.Err, r2.Err)
+		}
+	})
 }
