@@ -160,14 +160,14 @@ func encodeReply(v any) []byte {
 			break
 		}
 		out = append(out, compact[:i+1]...)
-		switch c := compact[i]; {
-		case c == '\\':
+		switch compact[i] {
+		case '\\':
 			// Copy the escaped byte as is: it may be a quote.
 			if i+1 < len(compact) {
 				out = append(out, compact[i+1])
 				i++
 			}
-		case c == '"':
+		case '"':
 			inString = !inString
 		default: // ':' or ',' outside a string
 			out = append(out, ' ')
