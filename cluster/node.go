@@ -362,8 +362,9 @@ func (n *Node) applyLocal(ctx context.Context, data []byte) (state.Result, error
 	f := n.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
 		switch {
-		case errors.Is(err, raft.ErrNotLeader):
-			return state.Result{}, err
+		case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			// Nothing was appended: safe to retry with the next leader.
+			return state.Result{}, raft.ErrNotLeader
 		case errors.Is(err, raft.ErrLeadershipLost):
 			return state.Result{}, fmt.Errorf("%w: leadership lost while committing: %w", ErrUnknownOutcome, err)
 		case errors.Is(err, raft.ErrEnqueueTimeout):

@@ -77,9 +77,17 @@ func startCluster(t *testing.T) []*testNode {
 		if n.Role() == command.RoleData {
 			node.DataAddress = fmt.Sprintf("127.0.0.1:%d", 9200+i)
 		}
-		res, err := n.Propose(ctx, &command.NodeAdded{Node: node})
-		if err != nil || res.Err != nil {
-			t.Fatalf("register %s: %v / %v", n.ID(), err, res.Err)
+		// Leadership may move while the cluster settles (the witness hands
+		// it over); a write whose outcome is unknown is retried, and then
+		// finds the node registered.
+		for {
+			res, err := n.Propose(ctx, &command.NodeAdded{Node: node})
+			if err == nil && (res.Err == nil || errors.Is(res.Err, state.ErrExists)) {
+				break
+			}
+			if !errors.Is(err, ErrUnknownOutcome) {
+				t.Fatalf("register %s: %v / %v", n.ID(), err, res.Err)
+			}
 		}
 	}
 	return nodes
@@ -198,6 +206,9 @@ func TestFailoverLeadsToDataNodeAndFences(t *testing.T) {
 			continue
 		}
 		res, err := n.Propose(ctx, &command.SettingsSet{SnapshotsEnabled: &on})
+		for errors.Is(err, ErrUnknownOutcome) { // idempotent: retry
+			res, err = n.Propose(ctx, &command.SettingsSet{SnapshotsEnabled: &on})
+		}
 		if err != nil || res.Err != nil {
 			t.Fatalf("write through %s after failover: %v / %v", n.ID(), err, res.Err)
 		}

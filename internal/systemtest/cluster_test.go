@@ -31,9 +31,7 @@ func TestFailoverAndRejoin(t *testing.T) {
 	// A write through a follower is forwarded to the leader.
 	cl := c.Client(follower)
 	defer cl.Close()
-	if _, err := cl.SetValues(ctx, map[string]string{"before-kill": "1"}); err != nil {
-		t.Fatalf("write through follower %s: %v", follower, err)
-	}
+	setValue(ctx, t, cl, "before-kill", "1")
 	for _, id := range []string{testenv.DataA, testenv.DataB, testenv.Witness} {
 		waitValue(ctx, t, c, id, "before-kill", "1")
 	}
@@ -48,15 +46,32 @@ func TestFailoverAndRejoin(t *testing.T) {
 	}
 	survivors := c.Client(testenv.Witness)
 	defer survivors.Close()
-	if _, err := survivors.SetValues(ctx, map[string]string{"after-kill": "2"}); err != nil {
-		t.Fatalf("write after failover: %v", err)
-	}
+	setValue(ctx, t, survivors, "after-kill", "2")
 
 	if err := c.Start(ctx, leader); err != nil {
 		t.Fatalf("restart %s: %v", leader, err)
 	}
 	waitValue(ctx, t, c, leader, "after-kill", "2")
 	waitValue(ctx, t, c, leader, "before-kill", "1")
+}
+
+// setValue writes one setting, retrying while the outcome is unknown or
+// no leader is available (leadership may move on a loaded machine); the
+// write is idempotent.
+func setValue(ctx context.Context, t *testing.T, cl *api.Client, key, value string) {
+	t.Helper()
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := cl.SetValues(wctx, map[string]string{key: value})
+		cancel()
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, api.ErrUnknownResult) && !errors.Is(err, api.ErrUnavailable) || ctx.Err() != nil {
+			t.Fatalf("writing %s=%s: %v", key, value, err)
+		}
+		t.Logf("writing %s=%s: %v; retrying", key, value, err)
+	}
 }
 
 // waitValue waits until node's own state shows key=value.

@@ -85,9 +85,7 @@ func TestRecoverAfterQuorumLoss(t *testing.T) {
 	}
 	cl := c.Client(testenv.DataA)
 	defer cl.Close()
-	if _, err := cl.SetValues(ctx, map[string]string{"committed": "before-loss"}); err != nil {
-		t.Fatalf("write: %v", err)
-	}
+	setValue(ctx, t, cl, "committed", "before-loss")
 	c.Kill(testenv.DataB)
 	c.Kill(testenv.Witness)
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -121,9 +119,7 @@ func TestRecoverAfterQuorumLoss(t *testing.T) {
 	if s.Values["committed"] != "before-loss" {
 		t.Fatalf("committed value lost in recovery: %+v", s.Values)
 	}
-	if _, err := cl.SetValues(ctx, map[string]string{"after": "recovery"}); err != nil {
-		t.Fatalf("write after recovery: %v", err)
-	}
+	setValue(ctx, t, cl, "after", "recovery")
 	// A peers file that does not name the node is refused.
 	if err := c.Stop(testenv.DataA); err != nil {
 		t.Fatalf("stop: %v", err)
