@@ -61,7 +61,7 @@ func startCluster(t *testing.T) []*testNode {
 			t.Fatalf("open %s: %v", s.id, err)
 		}
 		tn := &testNode{Node: n, st: st, cfg: cfg, addr: addr}
-		t.Cleanup(func() { tn.Close() })
+		t.Cleanup(func() { _ = tn.Close() })
 		nodes = append(nodes, tn)
 		servers = append(servers, Server{ID: s.id, Address: addr})
 	}

@@ -69,7 +69,7 @@ func Recover(dir, id string, servers []Server, log hclog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cluster: recover: opening %s (is twinsnapd still running?): %w", dbPath, err)
 	}
-	defer store.Close()
+	defer func() { _ = store.Close() }()
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(dir, "checkpoints"), 2, log)
 	if err != nil {
 		return fmt.Errorf("cluster: recover: %w", err)

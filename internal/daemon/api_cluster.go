@@ -73,7 +73,7 @@ func (d *Daemon) postNode(w http.ResponseWriter, r *http.Request) error {
 	if c := callerOf(r); c.role != pki.RoleNode || c.name != req.ID {
 		return apiError(api.CodeUnauthorized, "a node may only join under the id its certificate names")
 	}
-	if err := req.Node.Validate(); err != nil {
+	if err := req.Validate(); err != nil {
 		return apiError(api.CodeInvalid, err.Error())
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), writeTimeout)

@@ -79,7 +79,7 @@ func Start(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			d.Close()
+			_ = d.Close()
 		}
 	}()
 	d.peerTLS = peerClientTLS(bundle)

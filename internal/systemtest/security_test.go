@@ -120,7 +120,7 @@ func TestPortsRefuseStrangers(t *testing.T) {
 		conf := &tls.Config{MaxVersion: tls.VersionTLS12, RootCAs: trust, Certificates: []tls.Certificate{admin.TLSCertificate()}}
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", n.APIAddr, conf)
 		if err == nil {
-			conn.Close()
+			_ = conn.Close()
 			t.Fatalf("a TLS 1.2 connection was accepted")
 		}
 	})
@@ -150,7 +150,7 @@ func handshakeAndRead(addr string, probe string, certs []tls.Certificate) error 
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := conn.Write([]byte(probe)); err != nil {
 		return err

@@ -136,7 +136,7 @@ func TestLibvirtdCloseKillsDomains(t *testing.T) {
 			start := time.Now()
 			lv, err := testenv.LaunchLibvirtd(ctx, dir)
 			testenv.Need(t, "libvirtd", err)
-			defer lv.Close()
+			defer func() { _ = lv.Close() }()
 			t.Logf("libvirtd ready after %s (measured %s)", lv.ReadyAfter.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 			defineStart := time.Now()
 			d, err := testenv.DefineDomain(ctx, lv, img, testenv.TempDir(t, "dom"), testenv.VMOptions{
@@ -197,7 +197,7 @@ func TestLibvirtdRejectsLongDir(t *testing.T) {
 	}
 	lv, err := testenv.LaunchLibvirtd(context.Background(), dir)
 	if err == nil {
-		lv.Close()
+		_ = lv.Close()
 		t.Fatalf("LaunchLibvirtd accepted %s", dir)
 	}
 	if !strings.Contains(err.Error(), "too long") && !strings.Contains(err.Error(), "unavailable") {
@@ -218,7 +218,8 @@ func pgrepRE(t *testing.T, re string) []string {
 	t.Helper()
 	out, err := exec.Command("pgrep", "-f", re).Output()
 	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 1 {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 1 {
 			return nil
 		}
 		t.Fatalf("pgrep -f %s: %v", re, err)
