@@ -26,8 +26,8 @@ func TestPlanFreeze(t *testing.T) {
 	}
 	fs := []guestagent.FileSystem{
 		fsOn("/", diskAt(4, "")),
-		fsOn("/mnt/data1", diskAt(5, "")),             // matched by PCI address: no serial without udev
-		fsOn("/mnt/data2", diskAt(0, "data2")),        // matched by serial
+		fsOn("/mnt/data1", diskAt(5, "")),               // matched by PCI address: no serial without udev
+		fsOn("/mnt/data2", diskAt(0, "data2")),          // matched by serial
 		fsOn("/mnt/span", diskAt(6, ""), diskAt(7, "")), // selected data2 + unselected data3
 		fsOn("/mnt/data3", diskAt(7, "data3")),
 		fsOn("/mnt/usb", diskAt(12, "usbstick")),
