@@ -2,8 +2,6 @@ package testenv_test
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -43,11 +41,9 @@ func TestFreezeOneOfTwoVolumes(t *testing.T) {
 
 	// One writer loop per volume appends the guest's uptime every 20 ms.
 	// A write to a frozen file system blocks until the thaw.
-	for _, v := range []string{"data1", "data2"} {
-		script := "while [ ! -e /run/stop-writers ]; do read up idle < /proc/uptime; echo $up >> /mnt/" + v + "/ticks; usleep 20000; done"
-		if _, err := ga.Exec(ctx, "/bin/sh", []string{"-c", script}, nil, false); err != nil {
-			t.Fatalf("starting writer on %s: %v", v, err)
-		}
+	writers, err := testenv.StartGuestWriters(ctx, ga, "/mnt/data1", "/mnt/data2")
+	if err != nil {
+		t.Fatalf("%v", err)
 	}
 	time.Sleep(500 * time.Millisecond)
 	before := guestUptime(ctx, t, ga)
@@ -85,12 +81,17 @@ func TestFreezeOneOfTwoVolumes(t *testing.T) {
 		t.Fatalf("status after thaw = %q, %v; want thawed", st, err)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if _, err := ga.Run(ctx, "/bin/touch", "/run/stop-writers"); err != nil {
-		t.Fatalf("stopping writers: %v", err)
+	if err := writers.Stop(ctx); err != nil {
+		t.Fatalf("%v", err)
 	}
-
-	frozen := readTicks(ctx, t, ga, "/mnt/data1/ticks")
-	live := readTicks(ctx, t, ga, "/mnt/data2/ticks")
+	frozen, err := writers.Ticks(ctx, "/mnt/data1")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	live, err := writers.Ticks(ctx, "/mnt/data2")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
 	// The window the guest certainly spent frozen: from the uptime read
 	// before the freeze call to the one after the thaw, shrunk by the
 	// freeze and thaw calls' own share (generously 400 ms each end).
@@ -98,60 +99,23 @@ func TestFreezeOneOfTwoVolumes(t *testing.T) {
 	if hi-lo < 0.5 {
 		t.Fatalf("freeze window too short to judge: %.3f..%.3f", before, after)
 	}
-	if c := countIn(frozen, lo, hi); c != 0 {
+	if c := testenv.CountBetween(frozen, lo, hi); c != 0 {
 		t.Fatalf("data1 got %d writes inside its freeze window %.3f..%.3f: it was not frozen", c, lo, hi)
 	}
-	if c := countIn(live, lo, hi); c < 5 {
+	if c := testenv.CountBetween(live, lo, hi); c < 5 {
 		t.Fatalf("data2 got only %d writes inside the window %.3f..%.3f: it was frozen too", c, lo, hi)
 	}
-	if countIn(frozen, after, after+60) == 0 {
+	if testenv.CountBetween(frozen, after, after+60) == 0 {
 		t.Fatalf("data1 got no writes after the thaw: writer never resumed")
 	}
-	t.Logf("window %.3f..%.3f s: data1 %d writes, data2 %d writes", lo, hi, countIn(frozen, lo, hi), countIn(live, lo, hi))
+	t.Logf("window %.3f..%.3f s: data1 %d writes, data2 %d writes", lo, hi, testenv.CountBetween(frozen, lo, hi), testenv.CountBetween(live, lo, hi))
 }
 
 func guestUptime(ctx context.Context, t *testing.T, ga *guestagent.Client) float64 {
 	t.Helper()
-	st, err := ga.Run(ctx, "/bin/cat", "/proc/uptime")
+	up, err := testenv.GuestUptime(ctx, ga)
 	if err != nil {
-		t.Fatalf("reading guest uptime: %v", err)
+		t.Fatalf("%v", err)
 	}
-	f, err := strconv.ParseFloat(strings.Fields(string(st.OutData))[0], 64)
-	if err != nil {
-		t.Fatalf("guest uptime %q: %v", st.OutData, err)
-	}
-	return f
-}
-
-func readTicks(ctx context.Context, t *testing.T, ga *guestagent.Client, path string) []float64 {
-	t.Helper()
-	st, err := ga.Run(ctx, "/bin/cat", path)
-	if err != nil {
-		t.Fatalf("reading %s: %v", path, err)
-	}
-	if st.ExitCode != 0 || st.OutTruncated {
-		t.Fatalf("reading %s: exit %d, truncated %v: %s", path, st.ExitCode, st.OutTruncated, st.ErrData)
-	}
-	var out []float64
-	for _, f := range strings.Fields(string(st.OutData)) {
-		v, err := strconv.ParseFloat(f, 64)
-		if err != nil {
-			t.Fatalf("%s holds %q: %v", path, f, err)
-		}
-		out = append(out, v)
-	}
-	if len(out) == 0 {
-		t.Fatalf("%s is empty", path)
-	}
-	return out
-}
-
-func countIn(ticks []float64, lo, hi float64) int {
-	n := 0
-	for _, v := range ticks {
-		if v > lo && v < hi {
-			n++
-		}
-	}
-	return n
+	return up
 }
