@@ -4,7 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
-	_ "embed" // guest init scripts
+	"embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,7 +21,7 @@ import (
 
 // imageBuilderVersion changes whenever the layout of the built guest
 // changes in a way the package versions do not capture.
-const imageBuilderVersion = "3"
+const imageBuilderVersion = "4"
 
 // bootDiskMiB is the size of the boot volume's ext4 file system.
 const bootDiskMiB = 128
@@ -31,6 +31,12 @@ var guestInit []byte
 
 //go:embed guest/stage2
 var guestStage2 []byte
+
+// stallMeterSource is the source of the guest's stall meter
+// (guestbin/stallmeter), compiled into every guest at /usr/bin/stallmeter.
+//
+//go:embed guestbin/stallmeter/*.go
+var stallMeterSource embed.FS
 
 // guestModules are loaded in the guest; their dependencies (from the
 // kernel's modules.dep) are loaded first. crc32c_generic comes first
@@ -43,8 +49,10 @@ var guestModules = []string{
 }
 
 // GuestImage is a built test guest: a Debian kernel, an initramfs holding
-// busybox, the real qemu-ga with its libraries and the kernel modules, and
-// a boot-volume template carrying the same root file system on ext4.
+// busybox, the real qemu-ga with its libraries, the stall meter
+// (/usr/bin/stallmeter, built from guestbin/stallmeter) and the kernel
+// modules, and a boot-volume template carrying the same root file system
+// on ext4.
 type GuestImage struct {
 	// Kernel is the path of the vmlinuz file.
 	Kernel string
@@ -54,7 +62,7 @@ type GuestImage struct {
 	// copy it, they never write to it.
 	BootDisk string
 	// Key identifies the build: a digest of the package versions and the
-	// builder's inputs.
+	// builder's inputs (init scripts, stall meter source).
 	Key string
 	// KernelVersion is the kernel's release string, e.g. 6.1.0-56-amd64.
 	KernelVersion string
@@ -97,9 +105,16 @@ func BuildGuestImage(ctx context.Context) (*GuestImage, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := LookBinary("go"); err != nil {
+		return nil, err // to build the stall meter
+	}
+	meterSum, err := stallMeterDigest()
+	if err != nil {
+		return nil, err
+	}
 	h := sha256.New()
-	h.Write(fmt.Appendf(nil, "builder=%s\nkernel=%s=%s\nbusybox=%s\nqemu-ga=%s\nmodules=%s\n",
-		imageBuilderVersion, kpkg, kver, busyboxVer, qgaVer, strings.Join(guestModules, ",")))
+	h.Write(fmt.Appendf(nil, "builder=%s\nkernel=%s=%s\nbusybox=%s\nqemu-ga=%s\nmodules=%s\nstallmeter=%s\n",
+		imageBuilderVersion, kpkg, kver, busyboxVer, qgaVer, strings.Join(guestModules, ","), meterSum))
 	h.Write(guestInit)
 	h.Write(guestStage2)
 	key := hex.EncodeToString(h.Sum(nil))[:16]
@@ -191,6 +206,9 @@ func buildGuest(ctx context.Context, cache, dir, kpkg, release string) error {
 	if err := copyWithLibraries(ctx, "/usr/sbin/qemu-ga", root); err != nil {
 		return err
 	}
+	if err := BuildStallMeter(ctx, filepath.Join(root, "usr", "bin", "stallmeter")); err != nil {
+		return err
+	}
 	var loadList []string
 	for _, rel := range order {
 		dst := filepath.Join(root, "lib", "modules", rel)
@@ -239,6 +257,87 @@ func buildGuest(ctx context.Context, cache, dir, kpkg, release string) error {
 	_ = os.RemoveAll(dir)
 	if err := os.Rename(out, dir); err != nil {
 		return fmt.Errorf("testenv: guest out: %w", err)
+	}
+	return nil
+}
+
+// stallMeterFiles returns the names (under guestbin/stallmeter) of the stall
+// meter's source files, tests left out, sorted.
+func stallMeterFiles() ([]string, error) {
+	entries, err := stallMeterSource.ReadDir("guestbin/stallmeter")
+	if err != nil {
+		return nil, fmt.Errorf("testenv: stall meter source: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if !e.IsDir() && !strings.HasSuffix(e.Name(), "_test.go") {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// stallMeterDigest returns a digest of the stall meter's source.
+func stallMeterDigest() (string, error) {
+	names, err := stallMeterFiles()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, name := range names {
+		b, err := stallMeterSource.ReadFile("guestbin/stallmeter/" + name)
+		if err != nil {
+			return "", fmt.Errorf("testenv: stall meter source: %w", err)
+		}
+		h.Write(fmt.Appendf(nil, "%s %d\n", name, len(b)))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// BuildStallMeter compiles the guest's stall meter into out: a static
+// linux/amd64 binary (CGO_ENABLED=0, -trimpath) built with the go tool on
+// PATH from the source embedded in this package, which is that of
+// internal/testenv/guestbin/stallmeter. A missing go tool is
+// ErrUnavailable.
+func BuildStallMeter(ctx context.Context, out string) error {
+	goTool, err := LookBinary("go")
+	if err != nil {
+		return err
+	}
+	names, err := stallMeterFiles()
+	if err != nil {
+		return err
+	}
+	src, err := os.MkdirTemp("", "tsn-stallmeter-")
+	if err != nil {
+		return fmt.Errorf("testenv: stall meter build dir: %w", err)
+	}
+	defer os.RemoveAll(src)
+	// A module of its own: the meter uses the standard library only, and
+	// the build needs neither the repository nor the module cache.
+	files := map[string][]byte{"go.mod": []byte("module stallmeter\n\ngo 1.22\n")}
+	for _, name := range names {
+		if files[name], err = stallMeterSource.ReadFile("guestbin/stallmeter/" + name); err != nil {
+			return fmt.Errorf("testenv: stall meter source: %w", err)
+		}
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(src, name), b, 0o644); err != nil {
+			return fmt.Errorf("testenv: stall meter source: %w", err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return fmt.Errorf("testenv: stall meter: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, goTool, "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", out, ".")
+	cmd.Dir = src
+	// Later entries win: the target is fixed whatever the caller's
+	// environment says, and the local toolchain is used as it is.
+	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0", "GOFLAGS=", "GOTOOLCHAIN=local", "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("testenv: building the stall meter: %w: %s", err, tail(b, 2048))
 	}
 	return nil
 }
