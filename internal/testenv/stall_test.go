@@ -28,8 +28,13 @@ func TestStallMeterOnHost(t *testing.T) {
 	id := testenv.Marker + "-host"
 	cmd := exec.Command(bin, "-id", id, "-file", filepath.Join(dir, "stall.log"), "-console", console,
 		"-interval", "1ms", "-report", "100ms", "-duration", "60s")
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+	errf, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatalf("stderr file: %v", err)
+	}
+	defer errf.Close()
+	cmd.Stderr = errf
+	stderr := func() string { b, _ := os.ReadFile(errf.Name()); return string(b) }
 	p, err := testenv.StartProcess("stallmeter", cmd)
 	if err != nil {
 		t.Fatalf("starting the meter: %v", err)
@@ -40,6 +45,7 @@ func TestStallMeterOnHost(t *testing.T) {
 	await := func(kind testenv.StallKind, window uint64) testenv.StallReport {
 		t.Helper()
 		for {
+			exited, _ := p.Exited() // before reading: its last lines are then in the file
 			b, _ := os.ReadFile(console)
 			for _, line := range strings.SplitAfter(string(b), "\n") {
 				if !strings.HasSuffix(line, "\n") {
@@ -57,11 +63,12 @@ func TestStallMeterOnHost(t *testing.T) {
 					return r
 				}
 			}
+			if exited {
+				t.Fatalf("meter exited before its %s report for window %d\nconsole:\n%s\nstderr: %s", kind, window, b, stderr())
+			}
 			select {
 			case <-ctx.Done():
-				t.Fatalf("no %s report for window %d: %v\nconsole:\n%s\nstderr: %s", kind, window, ctx.Err(), b, stderr.String())
-			case <-p.Done():
-				t.Fatalf("meter exited before its %s report for window %d\nconsole:\n%s\nstderr: %s", kind, window, b, stderr.String())
+				t.Fatalf("no %s report for window %d: %v\nconsole:\n%s\nstderr: %s", kind, window, ctx.Err(), b, stderr())
 			case <-time.After(20 * time.Millisecond):
 			}
 		}
