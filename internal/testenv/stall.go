@@ -221,6 +221,11 @@ func StartStallMeter(ctx context.Context, vm *VM, volumeSerial string, opts Stal
 		return nil, fmt.Errorf("%w: starting %s in %s: %w", ErrStallMeter, StallMeterPath, vm.Name, err)
 	}
 	if _, err := m.await(ctx, func(r *StallReport) bool { return r.Kind == StallStart }); err != nil {
+		if m.exit == nil { // best effort: leave no meter running
+			kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = m.signal(kctx, "KILL")
+		}
 		return nil, err
 	}
 	return m, nil
