@@ -39,6 +39,7 @@ const (
 	cmdFreeze     = "guest-fsfreeze-freeze"
 	cmdFreezeList = "guest-fsfreeze-freeze-list"
 	cmdThaw       = "guest-fsfreeze-thaw"
+	cmdStatus     = "guest-fsfreeze-status"
 )
 
 // Libvirt is the transport to the guest agent of a libvirt-managed domain,
@@ -54,17 +55,23 @@ const (
 // has no API of its own and goes through the agent command.
 //
 // libvirt 9.0 also accepts freeze commands passed through as agent
-// commands (it only taints the domain, as for any agent command). The
-// dedicated API is preferred because libvirt runs it as a job on the
-// domain's agent: a thaw issued after a freeze the caller gave up on waits
-// for that freeze to finish and then runs (or fails with ErrTimeout after
-// libvirt's 30 s job wait), whereas a passed-through freeze is given up by
-// libvirt at its timeout while the agent may still carry it out, and a
-// thaw then fails while the agent is busy, leaving the guest frozen. The
-// price is that libvirt bounds these calls only by the domain's agent
-// response timeout (virsh guest-agent-timeout), which blocks by default;
-// the context still bounds the wait here. A caller that gets ErrTimeout
-// from a freeze must thaw.
+// commands (they taint the domain, as any agent command does). The
+// dedicated API is used because its RPC returns only once the agent has
+// answered: libvirt waits as long as the domain's agent response timeout
+// allows (virsh guest-agent-timeout), by default for ever, so a freeze
+// whose RPC has returned is settled, done or never sent. A passed-through
+// freeze is given up by libvirt at the timeout it carries while the agent
+// may still carry it out. On that property Libvirt orders freeze, thaw and
+// freeze status: each is issued only once the previous one's RPC has
+// returned, even if its caller gave up on it, because libvirt does not
+// queue its agent jobs first come, first served (seen with libvirt 9.0: a
+// thaw issued while an abandoned freeze waited for the agent ran first,
+// and the late freeze left the guest frozen). So a thaw on a fresh context
+// after a freeze that timed out runs after that freeze and thaws what it
+// froze. A freeze or thaw given up on before its turn is not issued. The
+// order holds among the calls of one Libvirt, and only while the domain's
+// agent response timeout stays at its default; the context still bounds
+// every wait here. A caller that gets ErrTimeout from a freeze must thaw.
 //
 // Every call is bounded by its context (DefaultTimeout when it has none).
 // The agent command carries the time left as libvirt's timeout, in whole
@@ -99,6 +106,9 @@ type Libvirt struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 	abandoned atomic.Int64
+
+	orderMu sync.Mutex
+	last    chan struct{} // closed when the last ordered RPC has returned
 }
 
 // NewLibvirt returns a transport to the agent of dom through conn, usually
@@ -138,9 +148,15 @@ func (l *Libvirt) Execute(ctx context.Context, command string, args any) (json.R
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	secs := agentTimeout(ctx)
-	out, err := rpc(ctx, l, command, func() (libvirt.OptString, error) {
+	call := func() (libvirt.OptString, error) {
 		return l.conn.QEMUDomainAgentCommand(l.dom, string(req), secs, 0)
-	})
+	}
+	var out libvirt.OptString
+	if command == cmdStatus {
+		out, err = ordered(ctx, l, command, call)
+	} else {
+		out, err = rpc(ctx, l, command, call)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +206,7 @@ func (l *Libvirt) Thaw(ctx context.Context) (int, error) {
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	n, err := rpc(ctx, l, cmdThaw, func() (int32, error) { return l.conn.DomainFsthaw(l.dom, nil, 0) })
+	n, err := ordered(ctx, l, cmdThaw, func() (int32, error) { return l.conn.DomainFsthaw(l.dom, nil, 0) })
 	return int(n), err
 }
 
@@ -201,7 +217,7 @@ func (l *Libvirt) fsfreeze(ctx context.Context, command string, mountpoints []st
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	n, err := rpc(ctx, l, command, func() (int32, error) { return l.conn.DomainFsfreeze(l.dom, mountpoints, 0) })
+	n, err := ordered(ctx, l, command, func() (int32, error) { return l.conn.DomainFsfreeze(l.dom, mountpoints, 0) })
 	return int(n), err
 }
 
@@ -339,6 +355,31 @@ func rpc[T any](ctx context.Context, l *Libvirt, command string, fn func() (T, e
 	return r.v, nil
 }
 
+// ordered is rpc for freeze, thaw and freeze status: fn is issued only
+// once the previous ordered RPC has returned, so that they reach libvirt,
+// and through it the agent, in the order they were called (libvirt's
+// agent job queue is not first come, first served). fn is not issued at
+// all when the call was given up on (its context ended, or l was closed)
+// before its turn.
+func ordered[T any](ctx context.Context, l *Libvirt, command string, fn func() (T, error)) (T, error) {
+	l.orderMu.Lock()
+	prev := l.last
+	mine := make(chan struct{})
+	l.last = mine
+	l.orderMu.Unlock()
+	return rpc(ctx, l, command, func() (T, error) {
+		defer close(mine)
+		if prev != nil {
+			<-prev
+		}
+		if err := l.check(ctx, command); err != nil {
+			var zero T
+			return zero, err
+		}
+		return fn()
+	})
+}
+
 // Messages of libvirt's report of an agent error reply and of QEMU's
 // CommandNotFound errors.
 const (
@@ -351,6 +392,9 @@ const (
 // libvirtError maps an error from a go-libvirt call to the package's
 // errors (see Libvirt).
 func libvirtError(command string, err error) error {
+	if errors.Is(err, ErrTimeout) || errors.Is(err, ErrClosed) {
+		return err // an ordered call given up on before its turn
+	}
 	var le libvirt.Error
 	if !errors.As(err, &le) {
 		if errors.Is(err, libvirt.ErrUnsupported) {
