@@ -90,6 +90,9 @@ type JobWatch struct {
 	id     string
 	events <-chan Event
 	cancel func()
+	// late is set for a watch created after the job started (WaitJob):
+	// it cannot count on seeing the job's events.
+	late bool
 }
 
 // WatchJob starts following the job jobID. Call Wait, or Close if the job
@@ -103,7 +106,9 @@ func WatchJob(q QMP, jobID string) *JobWatch {
 // JobWatch.Wait). Events the job emitted before the call are not seen;
 // its state is read with query-jobs.
 func WaitJob(ctx context.Context, q QMP, jobID string) (JobResult, error) {
-	return WatchJob(q, jobID).Wait(ctx)
+	w := WatchJob(q, jobID)
+	w.late = true
+	return w.Wait(ctx)
 }
 
 // Close stops following the job (the job itself goes on).
@@ -134,6 +139,9 @@ type jobState struct {
 	ended bool
 	// gone is set when query-jobs no longer lists the job.
 	gone bool
+	// queried is set when query-jobs found the job concluded, and
+	// seenConcluded when its concluded (or null) status event was read.
+	queried, seenConcluded bool
 }
 
 // Wait follows the job until it ends, bounded by ctx, and closes the
@@ -183,15 +191,58 @@ func (w *JobWatch) Wait(ctx context.Context) (JobResult, error) {
 	if err != nil {
 		return st.res, err
 	}
+	if st.queried && !st.seenConcluded && !w.late {
+		w.drain(ctx, st)
+	}
 	return st.res, w.outcome(st)
+}
+
+// drain reads the job's events up to its concluded status, when
+// query-jobs found it concluded before Wait read that far: the events
+// before it (BLOCK_JOB_CANCELLED) tell what the query does not. They are
+// queued already, so this takes no time; it gives up after jobGoneGrace
+// (the events were lost) or when ctx ends.
+func (w *JobWatch) drain(ctx context.Context, st *jobState) {
+	t := time.NewTimer(jobGoneGrace)
+	defer t.Stop()
+	for !st.seenConcluded {
+		select {
+		case ev, ok := <-w.events:
+			if !ok || ev.Name == EventsLost {
+				return
+			}
+			w.note(st, ev)
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // onEvent advances the state with one event and reports whether the job
 // has ended.
 func (w *JobWatch) onEvent(ctx context.Context, st *jobState, ev Event) (bool, error) {
-	switch ev.Name {
-	case EventsLost:
+	if ev.Name == EventsLost {
 		return w.check(ctx, st)
+	}
+	switch w.note(st, ev) {
+	case "ended":
+		return st.gone, nil
+	case "pending", "concluded", "null":
+		// What to do depends on the job's auto settings, which QEMU
+		// applies before it reads our next command: ask.
+		return w.check(ctx, st)
+	}
+	return false, nil
+}
+
+// note records what an event says about the job: its end
+// (BLOCK_JOB_COMPLETED or BLOCK_JOB_CANCELLED; returns "ended") or its
+// new status (JOB_STATUS_CHANGE; returns the status). The events are
+// QEMU's, checked to be objects, so malformed data is ignored.
+func (w *JobWatch) note(st *jobState, ev Event) string {
+	switch ev.Name {
 	case "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED":
 		var d struct {
 			Type   string `json:"type"`
@@ -199,9 +250,7 @@ func (w *JobWatch) onEvent(ctx context.Context, st *jobState, ev Event) (bool, e
 			Offset int64  `json:"offset"`
 			Error  string `json:"error"`
 		}
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
-			return true, fmt.Errorf("%w: %s for job %s: %w", ErrProtocol, ev.Name, w.id, err)
-		}
+		_ = json.Unmarshal(ev.Data, &d)
 		st.ended = true
 		st.res.Type, st.res.CurrentProgress, st.res.TotalProgress = d.Type, d.Offset, d.Len
 		if ev.Name == "BLOCK_JOB_CANCELLED" {
@@ -212,22 +261,18 @@ func (w *JobWatch) onEvent(ctx context.Context, st *jobState, ev Event) (bool, e
 		} else if d.Error != "" {
 			st.res.Error = d.Error
 		}
-		return st.gone, nil
+		return "ended"
 	case "JOB_STATUS_CHANGE":
 		var d struct {
 			Status string `json:"status"`
 		}
-		if err := json.Unmarshal(ev.Data, &d); err != nil {
-			return true, fmt.Errorf("%w: JOB_STATUS_CHANGE for job %s: %w", ErrProtocol, w.id, err)
+		_ = json.Unmarshal(ev.Data, &d)
+		if d.Status == "concluded" || d.Status == "null" {
+			st.seenConcluded = true
 		}
-		switch d.Status {
-		case "pending", "concluded", "null":
-			// What to do depends on the job's auto settings, which
-			// QEMU applies before it reads our next command: ask.
-			return w.check(ctx, st)
-		}
+		return d.Status
 	}
-	return false, nil
+	return ""
 }
 
 // check reads the job with query-jobs and acts on its status: finalize a
@@ -269,7 +314,7 @@ func (w *JobWatch) check(ctx context.Context, st *jobState) (bool, error) {
 		if info.Error != "" {
 			st.res.Error = info.Error
 		}
-		st.ended = true
+		st.ended, st.queried = true, true
 		err := w.q.Execute(ctx, "job-dismiss", map[string]any{"id": w.id}, nil)
 		var qe *QMPError
 		if err != nil && !errors.As(err, &qe) {

@@ -192,31 +192,38 @@ func TestWaitJobCancelAndSpeed(t *testing.T) {
 	defer c.Close()
 	ctx := within(t, 10*time.Second)
 
-	w := hypervisor.WatchJob(c, "j1")
-	if err := hypervisor.Transaction(ctx, c, []hypervisor.Action{
-		hypervisor.BlockdevBackup("j1", "vol-a", "tgt-a", hypervisor.SyncFull, "", 0, true, true),
-	}, nil); err != nil {
-		t.Fatalf("Transaction: %v", err)
-	}
-	if err := hypervisor.SetJobSpeed(ctx, c, "j1", 4<<20); err != nil {
-		t.Fatalf("SetJobSpeed: %v", err)
-	}
-	if job, _ := jobs.Get("j1"); job.Speed != 4<<20 {
-		t.Fatalf("speed = %d, want 4 MiB/s", job.Speed)
-	}
-	list, err := hypervisor.QueryJobs(ctx, c)
-	if err != nil || len(list) != 1 || list[0].ID != "j1" || list[0].Status != "running" {
-		t.Fatalf("QueryJobs = %+v, %v", list, err)
-	}
-	if err := hypervisor.CancelJob(ctx, c, "j1"); err != nil {
-		t.Fatalf("CancelJob: %v", err)
-	}
-	res, err := w.Wait(ctx)
-	if !errors.Is(err, hypervisor.ErrJobFailed) || !res.Cancelled {
-		t.Fatalf("Wait after cancel = %+v, %v; want a cancelled job", res, err)
+	// The job ends before Wait starts reading: the cancellation is
+	// still reported, whether QEMU or Wait dismisses the job.
+	for _, autoDismiss := range []bool{true, false} {
+		w := hypervisor.WatchJob(c, "j1")
+		if err := hypervisor.Transaction(ctx, c, []hypervisor.Action{
+			hypervisor.BlockdevBackup("j1", "vol-a", "tgt-a", hypervisor.SyncFull, "", 0, true, autoDismiss),
+		}, nil); err != nil {
+			t.Fatalf("Transaction: %v", err)
+		}
+		if err := hypervisor.SetJobSpeed(ctx, c, "j1", 4<<20); err != nil {
+			t.Fatalf("SetJobSpeed: %v", err)
+		}
+		if job, _ := jobs.Get("j1"); job.Speed != 4<<20 {
+			t.Fatalf("speed = %d, want 4 MiB/s", job.Speed)
+		}
+		list, err := hypervisor.QueryJobs(ctx, c)
+		if err != nil || len(list) != 1 || list[0].ID != "j1" || list[0].Status != "running" {
+			t.Fatalf("QueryJobs = %+v, %v", list, err)
+		}
+		if err := hypervisor.CancelJob(ctx, c, "j1"); err != nil {
+			t.Fatalf("CancelJob: %v", err)
+		}
+		res, err := w.Wait(ctx)
+		if !errors.Is(err, hypervisor.ErrJobFailed) || !res.Cancelled {
+			t.Fatalf("auto-dismiss %v: Wait after cancel = %+v, %v; want a cancelled job", autoDismiss, res, err)
+		}
+		if _, ok := jobs.Get("j1"); ok {
+			t.Fatalf("auto-dismiss %v: job left after Wait", autoDismiss)
+		}
 	}
 
-	err = hypervisor.SetJobSpeed(ctx, c, "nope", 1)
+	err := hypervisor.SetJobSpeed(ctx, c, "nope", 1)
 	var qe *hypervisor.QMPError
 	if !errors.Is(err, hypervisor.ErrNotFound) || !errors.As(err, &qe) || qe.Class != "DeviceNotActive" {
 		t.Fatalf("SetJobSpeed(nope) = %v; want ErrNotFound keeping DeviceNotActive", err)

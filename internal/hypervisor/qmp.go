@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -496,7 +497,11 @@ func (c *QMPConn) shutdown(cause error) {
 		c.mu.Unlock()
 		c.closeErr = c.conn.Close()
 		close(c.done)
-		if !errors.Is(cause, errClosedByCaller) {
+		switch {
+		case errors.Is(cause, errClosedByCaller):
+		case (errors.Is(cause, io.EOF) || errors.Is(cause, syscall.ECONNRESET)) && !errors.Is(cause, ErrProtocol):
+			c.log.Info("QEMU closed the connection", "cause", cause)
+		default:
 			c.log.Warn("connection lost", "cause", cause)
 		}
 	})
