@@ -147,9 +147,10 @@ func (l *Libvirt) Execute(ctx context.Context, command string, args any) (json.R
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	secs := agentTimeout(ctx)
 	call := func() (libvirt.OptString, error) {
-		return l.conn.QEMUDomainAgentCommand(l.dom, string(req), secs, 0)
+		// The time left when the command is issued: a status call may
+		// have waited for its turn.
+		return l.conn.QEMUDomainAgentCommand(l.dom, string(req), agentTimeout(ctx), 0)
 	}
 	var out libvirt.OptString
 	if command == cmdStatus {
@@ -199,7 +200,8 @@ func (l *Libvirt) FreezeAll(ctx context.Context) (int, error) {
 }
 
 // Thaw thaws every frozen guest file system through virDomainFSThaw and
-// returns how many it thawed.
+// returns how many it thawed. It is issued only once an earlier freeze has
+// returned from libvirt, even one whose caller gave up (see Libvirt).
 func (l *Libvirt) Thaw(ctx context.Context) (int, error) {
 	if err := l.check(ctx, cmdThaw); err != nil {
 		return 0, err

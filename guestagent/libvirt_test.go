@@ -425,8 +425,10 @@ func TestLibvirtBounded(t *testing.T) {
 	// Close ends a call in progress at once.
 	errc := make(chan error, 1)
 	go func() { errc <- c.Ping(fresh(t)) }()
-	for len(f.Calls()) < 3 {
-		time.Sleep(time.Millisecond)
+	for wait := time.Now().Add(limit); len(f.Calls()) < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(wait) {
+			t.Fatalf("the ping never reached libvirt: %q", f.Calls())
+		}
 	}
 	begin := time.Now()
 	if err := c.Close(); err != nil {
@@ -503,7 +505,6 @@ func TestLibvirtFreezeOrder(t *testing.T) {
 	}()
 	status := make(chan error, 1)
 	go func() {
-		time.Sleep(50 * time.Millisecond) // after the thaw
 		_, err := c.FreezeStatus(fresh(t))
 		status <- err
 	}()
@@ -523,9 +524,12 @@ func TestLibvirtFreezeOrder(t *testing.T) {
 	if err := <-status; err != nil {
 		t.Fatalf("status: %v", err)
 	}
-	want := []string{"freeze", `agent {"execute":"guest-ping"}`, "thaw", `agent {"execute":"guest-fsfreeze-status"}`}
-	if calls := f.Calls(); !slices.Equal(calls, want) {
-		t.Fatalf("calls = %q; want %q", calls, want)
+	// The thaw and the status call were held back until the freeze
+	// returned (their order among themselves is their callers').
+	calls := f.Calls()
+	if len(calls) != 4 || !slices.Equal(calls[:2], []string{"freeze", `agent {"execute":"guest-ping"}`}) ||
+		!slices.Contains(calls[2:], "thaw") || !slices.Contains(calls[2:], `agent {"execute":"guest-fsfreeze-status"}`) {
+		t.Fatalf("calls = %q; want the freeze, the ping, then the thaw and the status", calls)
 	}
 	f.mu.Lock()
 	frozen := f.frozen
