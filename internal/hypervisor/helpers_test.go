@@ -52,6 +52,10 @@ func connect(t *testing.T, s *qmptest.Server, opts ...hypervisor.QMPOption) *hyp
 	return c
 }
 
+// closeQuietly closes c on the way out of a test; tests that care about
+// Close's result call it themselves.
+func closeQuietly(c io.Closer) { _ = c.Close() }
+
 // within returns a context that ends after d.
 func within(t *testing.T, d time.Duration) context.Context {
 	t.Helper()

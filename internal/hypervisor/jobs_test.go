@@ -47,7 +47,7 @@ func TestTransactionJSON(t *testing.T) {
 	s, _, txns := fakeWithJobs(t)
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	err := hypervisor.Transaction(within(t, 5*time.Second), c, []hypervisor.Action{
 		hypervisor.BitmapAdd("vol-a", "ts-1", true),
 		hypervisor.BitmapClear("vol-a", "ts-0"),
@@ -98,7 +98,7 @@ func TestWaitJobAutoSettings(t *testing.T) {
 			s, jobs, _ := fakeWithJobs(t)
 			defer s.Close()
 			c := connect(t, s)
-			defer c.Close()
+			defer closeQuietly(c)
 			ctx := within(t, 10*time.Second)
 
 			w := hypervisor.WatchJob(c, "j1")
@@ -139,7 +139,7 @@ func TestWaitJobFiltersByID(t *testing.T) {
 	s, jobs, _ := fakeWithJobs(t)
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	ctx := within(t, 10*time.Second)
 
 	w1, w2 := hypervisor.WatchJob(c, "j1"), hypervisor.WatchJob(c, "j2")
@@ -189,7 +189,7 @@ func TestWaitJobCancelAndSpeed(t *testing.T) {
 	s, jobs, _ := fakeWithJobs(t)
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	ctx := within(t, 10*time.Second)
 
 	// The job ends before Wait starts reading: the cancellation is
@@ -237,7 +237,7 @@ func TestWaitJobNotFound(t *testing.T) {
 	s, _, _ := fakeWithJobs(t)
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	start := time.Now()
 	_, err := hypervisor.WaitJob(within(t, 10*time.Second), c, "nope")
 	if !errors.Is(err, hypervisor.ErrNotFound) {
@@ -266,7 +266,7 @@ func TestWaitJobAfterLostEvents(t *testing.T) {
 			s, jobs, _ := fakeWithJobs(t)
 			defer s.Close()
 			c := connect(t, s, hypervisor.WithEventQueueLimit(2))
-			defer c.Close()
+			defer closeQuietly(c)
 			ctx := within(t, 10*time.Second)
 
 			w := hypervisor.WatchJob(c, "j1")
@@ -297,7 +297,7 @@ func TestWaitJobConnectionLost(t *testing.T) {
 	s, _, _ := fakeWithJobs(t)
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	ctx := within(t, 10*time.Second)
 	w := hypervisor.WatchJob(c, "j1")
 	if err := hypervisor.Transaction(ctx, c, []hypervisor.Action{
@@ -307,7 +307,7 @@ func TestWaitJobConnectionLost(t *testing.T) {
 	}
 	go func() {
 		time.Sleep(50 * time.Millisecond)
-		_ = s.Close()
+		s.Close()
 	}()
 	if _, err := w.Wait(ctx); !errors.Is(err, hypervisor.ErrClosed) {
 		t.Fatalf("Wait on a lost connection = %v, want ErrClosed", err)

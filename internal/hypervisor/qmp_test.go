@@ -30,7 +30,7 @@ func TestExecuteMatchesRepliesByID(t *testing.T) {
 	}}
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	if v := c.Greeting().Version; v.String() != "7.2.0" {
 		t.Fatalf("greeting version = %s, want 7.2.0", v)
 	}
@@ -74,7 +74,7 @@ func TestHungCommandBoundedByContext(t *testing.T) {
 	}}
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 
 	for _, cmd := range []string{"slow", "hang"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -122,7 +122,7 @@ func TestErrorsKeepTheQMPClass(t *testing.T) {
 	}}
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	ctx := within(t, 5*time.Second)
 	for cmd, class := range map[string]string{"fails": "DeviceNotFound", "no-such-command": "CommandNotFound"} {
 		err := c.Execute(ctx, cmd, nil, nil)
@@ -174,7 +174,7 @@ func TestGarbageIsProtocolError(t *testing.T) {
 			}}
 			defer s.Close()
 			c := connect(t, s, hypervisor.WithMaxMessageSize(1<<20))
-			defer c.Close()
+			defer closeQuietly(c)
 			events, cancel := c.Subscribe(nil)
 			defer cancel()
 
@@ -210,7 +210,7 @@ func TestLostConnection(t *testing.T) {
 	}}
 	defer s.Close()
 	c := connect(t, s)
-	defer c.Close()
+	defer closeQuietly(c)
 	events, cancel := c.Subscribe(nil)
 	defer cancel()
 
@@ -310,7 +310,7 @@ func TestSlowSubscriberNeverBlocksExecute(t *testing.T) {
 	s := &qmptest.Server{Commands: map[string]qmptest.Handler{"burst": pacedBurst(1000)}}
 	defer s.Close()
 	c := connect(t, s, hypervisor.WithEventQueueLimit(16))
-	defer c.Close()
+	defer closeQuietly(c)
 
 	slow, cancelSlow := c.Subscribe(nil)
 	defer cancelSlow()
@@ -446,7 +446,7 @@ func TestDialUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DialQMP: %v", err)
 	}
-	defer c.Close()
+	defer closeQuietly(c)
 	var st struct{ Status string }
 	if err := c.Execute(within(t, 5*time.Second), "query-status", nil, &st); err != nil || st.Status != "running" {
 		t.Fatalf("query-status = %+v, %v", st, err)

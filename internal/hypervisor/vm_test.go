@@ -30,7 +30,7 @@ func TestRealVM(t *testing.T) {
 	if err != nil {
 		t.Fatalf("OpenQEMU: %v", err)
 	}
-	defer m.Close()
+	defer closeQuietly(m)
 	if m.Name() != vm.Name {
 		t.Fatalf("Name() = %q, want %q (from query-name)", m.Name(), vm.Name)
 	}

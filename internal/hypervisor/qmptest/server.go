@@ -1,11 +1,3 @@
-// Package qmptest is a fake QEMU monitor for unit tests: a QMP server on a
-// net.Pipe or a unix socket whose commands are configured through function
-// fields, and which can emit events, hang, drop the connection, send
-// garbage and send oversized replies. Jobs simulates QEMU's job state
-// machine (JOB_STATUS_CHANGE, BLOCK_JOB_COMPLETED, query-jobs, job-*).
-//
-// It speaks the wire protocol only and imports nothing from twinsnap, so
-// that any QMP client can be tested against it.
 package qmptest
 
 import (
@@ -174,7 +166,7 @@ func (s *Server) serve(nc net.Conn) {
 			delete(s.conns, c)
 			s.mu.Unlock()
 		}()
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		c.run()
 	}()
 }
@@ -322,7 +314,7 @@ func (s *Server) Emit(name string, data any) {
 // Close closes the listeners and every connection, and waits for the
 // server's goroutines (handlers that hang end when their connection
 // closes; handlers must not block otherwise).
-func (s *Server) Close() error {
+func (s *Server) Close() {
 	s.mu.Lock()
 	s.closed = true
 	ls := s.ls
@@ -339,7 +331,6 @@ func (s *Server) Close() error {
 		_ = c.Close()
 	}
 	s.wg.Wait()
-	return nil
 }
 
 // Emit sends one event on this connection, with the current time.
