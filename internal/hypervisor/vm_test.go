@@ -39,6 +39,14 @@ func TestRealVM(t *testing.T) {
 	}
 	ga := guestagent.NewClient(m.Agent())
 
+	// QEMU serves one monitor client at a time: a second one connects
+	// but gets no greeting while the first is there.
+	busy, cancel := context.WithTimeout(ctx, time.Second)
+	if _, err := hypervisor.DialQMP(busy, "unix", vm.QMPSocket, hypervisor.WithLogger(quiet)); !errors.Is(err, hypervisor.ErrTimeout) {
+		t.Fatalf("second monitor client: %v, want ErrTimeout", err)
+	}
+	cancel()
+
 	t.Run("BlockDevices", func(t *testing.T) { testBlockDevices(ctx, t, vm, m, ga) })
 	t.Run("BigReply", func(t *testing.T) { testBigReply(ctx, t, m) })
 	t.Run("Backups", func(t *testing.T) { testBackups(ctx, t, vm, m, ga) })
