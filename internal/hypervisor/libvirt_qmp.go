@@ -1,0 +1,446 @@
+package hypervisor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+)
+
+// ErrLibvirt reports that libvirt refused or failed a call for a reason of
+// its own: neither a timeout, a lost connection or domain, nor an error
+// reply from QEMU (for example an XML document it rejects, a domain that is
+// already running, or a QEMU monitor that failed mid-call). The
+// libvirt.Error is wrapped too, for its code.
+var ErrLibvirt = errors.New("hypervisor: libvirt refused the call")
+
+// LibvirtMonitor is what LibvirtQMP needs of a go-libvirt connection;
+// *libvirt.Libvirt satisfies it. SubscribeQEMUEvents must close its
+// channel once its context is cancelled or the connection is lost.
+type LibvirtMonitor interface {
+	QEMUDomainMonitorCommand(dom libvirt.Domain, cmd string, flags uint32) (string, error)
+	SubscribeQEMUEvents(ctx context.Context, dom string) (<-chan libvirt.DomainEvent, error)
+}
+
+var (
+	_ LibvirtMonitor = (*libvirt.Libvirt)(nil)
+	_ QMP            = (*LibvirtQMP)(nil)
+)
+
+// LibvirtQMP is the QEMU monitor of a libvirt domain, reached through
+// libvirt (virDomainQemuMonitorCommand and virConnectDomainQemuMonitorEvent
+// Register): the monitor socket of a libvirt-managed QEMU belongs to
+// libvirtd.
+//
+// Commands. Each command is sent without an "id": libvirt adds its own
+// ("libvirt-N") and refuses a command that carries one ("internal error:
+// Unable to append command 'id' string"). libvirt 9.0 passes QEMU's reply
+// back verbatim as the call's result, error replies included, so an error
+// reply keeps its class exactly (*QMPError with CommandNotFound,
+// DeviceNotFound, DeviceNotActive, GenericError, ...); libvirt does not
+// turn it into a libvirt error. libvirt runs each command as a job of the
+// domain, one at a time per domain, between its own monitor commands, and
+// marks the domain tainted ("custom-monitor") on the first one.
+//
+// Bounds. go-libvirt has no request timeouts: every call runs in a
+// goroutine, and when the context ends first (DefaultTimeout when it has
+// no deadline) Execute returns ErrTimeout while the RPC stays pending until
+// libvirt answers; the command may still take effect in QEMU. Abandoned
+// counts such calls. libvirt itself waits for QEMU's reply for ever (a
+// stopped QEMU holds the call), and a call that waits for the domain's job
+// lock fails after libvirt's 30 s with ErrTimeout. Only disconnecting the
+// libvirt connection reclaims an RPC that libvirt never answers: that is
+// the connection owner's to do (Libvirt.Close, LibvirtMachine.Close for a
+// machine from OpenLibvirt).
+//
+// Events. One go-libvirt event stream, registered for the domain when the
+// LibvirtQMP is created, feeds every subscriber through a queue of its own
+// (see Subscribe), so a slow subscriber never blocks the stream. go-libvirt
+// drops events that carry no data (STOP, RESUME, SHUTDOWN, POWERDOWN, ...):
+// they never arrive here. Events with data (JOB_STATUS_CHANGE,
+// BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED, BLOCK_JOB_ERROR, ...) do.
+// libvirt relays events asynchronously, so an event that QEMU sent before
+// a command's reply may arrive after Execute has returned; subscribe before
+// the command, as with any QMP.
+//
+// Errors. QEMU's error replies are *QMPError; a context that ends first is
+// ErrTimeout; a closed LibvirtQMP, a lost connection, a domain that is not
+// running or no longer exists are ErrClosed (the libvirt.Error wrapped,
+// when there is one); libvirt's job-lock timeout is ErrTimeout; a reply
+// that is not a QMP reply is ErrProtocol; anything else libvirt refuses is
+// ErrLibvirt.
+//
+// LibvirtQMP does not own the libvirt connection. It is safe for
+// concurrent use.
+type LibvirtQMP struct {
+	conn       LibvirtMonitor
+	dom        libvirt.Domain
+	log        *slog.Logger
+	maxMsg     int
+	eventLimit int
+
+	subs          subscriptions
+	abandoned     atomic.Int64
+	discarded     atomic.Uint64
+	eventsDropped atomic.Uint64
+
+	closed    chan struct{} // closed by Close
+	closeOnce sync.Once
+
+	mu    sync.Mutex
+	cause error         // why the event stream ended; nil while it runs
+	done  chan struct{} // closed when the event stream has ended
+
+	stopEvents context.CancelFunc
+}
+
+// NewLibvirtQMP returns the monitor of dom through conn (usually a
+// connected *libvirt.Libvirt) and registers for the domain's QMP events,
+// bounded by ctx (DefaultTimeout when it has no deadline). Of the options
+// it uses WithLogger, WithEventQueueLimit and WithMaxMessageSize (the
+// largest reply accepted). The caller keeps conn and disconnects it after
+// closing the LibvirtQMP.
+func NewLibvirtQMP(ctx context.Context, conn LibvirtMonitor, dom libvirt.Domain, opts ...QMPOption) (*LibvirtQMP, error) {
+	var o QMPConn
+	for _, opt := range opts {
+		opt(&o)
+	}
+	q := &LibvirtQMP{
+		conn:       conn,
+		dom:        dom,
+		log:        o.log,
+		maxMsg:     o.maxMsg,
+		eventLimit: o.eventLimit,
+		closed:     make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	if q.log == nil {
+		q.log = slog.Default()
+	}
+	if q.maxMsg <= 0 {
+		q.maxMsg = DefaultMaxMessageSize
+	}
+	if q.eventLimit <= 0 {
+		q.eventLimit = DefaultEventQueueLimit
+	}
+	q.log = q.log.With("component", "libvirt-qmp", "domain", dom.Name)
+
+	// The stream lives until Close; its set-up (a lookup and a register
+	// RPC) is bounded by ctx.
+	life, stop := context.WithCancel(context.Background())
+	q.stopEvents = stop
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	type sub struct {
+		ch  <-chan libvirt.DomainEvent
+		err error
+	}
+	var setup atomic.Int32 // 0 running, 1 taken, 2 abandoned
+	res := make(chan sub, 1)
+	go func() {
+		ch, err := conn.SubscribeQEMUEvents(life, dom.Name)
+		if setup.CompareAndSwap(0, 1) {
+			res <- sub{ch, err}
+			return
+		}
+		// Given up on: end the stream that was set up after all.
+		stop()
+		if err == nil {
+			for range ch {
+			}
+		}
+	}()
+	var s sub
+	select {
+	case s = <-res:
+	case <-ctx.Done():
+		if setup.CompareAndSwap(0, 2) {
+			stop()
+			return nil, fmt.Errorf("%w: qmp events of domain %s: registering: %w", ErrTimeout, dom.Name, ctx.Err())
+		}
+		s = <-res
+	}
+	if s.err != nil {
+		stop()
+		return nil, libvirtQMPError("registering for events", dom.Name, s.err)
+	}
+	go q.read(s.ch)
+	return q, nil
+}
+
+// Domain returns the libvirt domain.
+func (q *LibvirtQMP) Domain() libvirt.Domain { return q.dom }
+
+// Abandoned returns how many commands were given up on (their context
+// ended, or the LibvirtQMP was closed) and still wait for libvirt's
+// answer. A count that stays above zero means libvirt or QEMU no longer
+// answers: disconnect the libvirt connection, which fails them.
+func (q *LibvirtQMP) Abandoned() int { return int(q.abandoned.Load()) }
+
+// Stats returns the count of dropped events, and as Discarded the replies
+// that arrived for commands given up on.
+func (q *LibvirtQMP) Stats() QMPStats {
+	return QMPStats{Discarded: q.discarded.Load(), EventsDropped: q.eventsDropped.Load()}
+}
+
+// Done is closed once the event stream has ended: the LibvirtQMP was
+// closed or the libvirt connection was lost.
+func (q *LibvirtQMP) Done() <-chan struct{} { return q.done }
+
+// Err returns why the event stream ended (wrapping ErrClosed), or nil
+// while it runs.
+func (q *LibvirtQMP) Err() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.cause == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrClosed, q.cause)
+}
+
+// Execute implements QMP: it runs command with args (nil, or anything that
+// encodes as a JSON object) through libvirt and decodes the "return"
+// member into out (nil to ignore it; a *json.RawMessage keeps it raw).
+// See LibvirtQMP for the bounds and the errors.
+func (q *LibvirtQMP) Execute(ctx context.Context, command string, args, out any) error {
+	ret, err := q.execute(ctx, command, args)
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(ret, out); err != nil {
+		return fmt.Errorf("%w: qmp %s: decoding the reply: %w", ErrProtocol, command, err)
+	}
+	return nil
+}
+
+// execute sends one command and returns the raw "return" member.
+func (q *LibvirtQMP) execute(ctx context.Context, name string, args any) (json.RawMessage, error) {
+	argsRaw, err := encodeArgs(args)
+	if err != nil {
+		return nil, fmt.Errorf("hypervisor: qmp %s: encoding the arguments: %w", name, err)
+	}
+	line, err := json.Marshal(struct {
+		Execute   string          `json:"execute"`
+		Arguments json.RawMessage `json:"arguments,omitempty"`
+	}{name, argsRaw})
+	if err != nil {
+		return nil, fmt.Errorf("hypervisor: qmp %s: encoding: %w", name, err)
+	}
+	if err := q.check(ctx, name); err != nil {
+		return nil, err
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	reply, err := bounded(ctx, q.closed, &q.abandoned, &q.discarded, func() (string, error) {
+		return q.conn.QEMUDomainMonitorCommand(q.dom, string(line), 0)
+	})
+	switch {
+	case errors.Is(err, errGaveUp):
+		if isClosed(q.closed) {
+			return nil, fmt.Errorf("%w: qmp %s: closed while waiting for libvirt", ErrClosed, name)
+		}
+		return nil, fmt.Errorf("%w: qmp %s: %w", ErrTimeout, name, ctx.Err())
+	case err != nil:
+		return nil, libvirtQMPError(name, q.dom.Name, err)
+	}
+	return q.parseReply(name, reply)
+}
+
+// parseReply checks libvirt's result: QEMU's reply, {"return": ...} or
+// {"error": ...}, with libvirt's id.
+func (q *LibvirtQMP) parseReply(name, reply string) (json.RawMessage, error) {
+	if len(reply) > q.maxMsg {
+		return nil, fmt.Errorf("%w: qmp %s: reply of %d bytes is larger than %d", ErrProtocol, name, len(reply), q.maxMsg)
+	}
+	raw := bytes.TrimSpace([]byte(reply))
+	if !json.Valid(raw) {
+		return nil, fmt.Errorf("%w: qmp %s: malformed reply: %.200q", ErrProtocol, name, raw)
+	}
+	m, err := parseMessage(raw)
+	if err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", name, err)
+	}
+	if m.kind != kindReply {
+		return nil, fmt.Errorf("%w: qmp %s: libvirt returned something that is not a reply: %.200q", ErrProtocol, name, raw)
+	}
+	if m.err != nil {
+		e := *m.err
+		e.Command = name
+		return nil, &e
+	}
+	return m.ret, nil
+}
+
+// check refuses a call on a closed LibvirtQMP, on a lost event stream, or
+// with an ended context.
+func (q *LibvirtQMP) check(ctx context.Context, name string) error {
+	if isClosed(q.closed) {
+		return fmt.Errorf("%w: qmp %s: closed", ErrClosed, name)
+	}
+	if err := q.Err(); err != nil {
+		return fmt.Errorf("qmp %s: %w", name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: qmp %s: %w", ErrTimeout, name, err)
+	}
+	return nil
+}
+
+// read is the event reader: it drains go-libvirt's channel until it is
+// closed (go-libvirt's sender blocks until it is read) and offers each
+// event to the subscribers.
+func (q *LibvirtQMP) read(ch <-chan libvirt.DomainEvent) {
+	for de := range ch {
+		q.subs.dispatch(q.event(de))
+	}
+	cause := errClosedByCaller
+	if !isClosed(q.closed) {
+		cause = errors.New("the libvirt event stream ended (connection lost)")
+		q.log.Warn("event stream ended", "cause", cause)
+	}
+	q.mu.Lock()
+	q.cause = cause
+	q.mu.Unlock()
+	close(q.done)
+	q.subs.closeAll(false)
+}
+
+// event converts a go-libvirt event. libvirt sends the data as JSON text;
+// data that is not a JSON object is left out (and logged).
+func (q *LibvirtQMP) event(de libvirt.DomainEvent) Event {
+	ev := Event{Name: de.Event}
+	if de.Seconds > 0 || de.Microseconds > 0 {
+		ev.Time = time.Unix(int64(de.Seconds), int64(de.Microseconds)*1000)
+	}
+	data := bytes.TrimSpace(bytes.TrimRight(de.Details, "\x00"))
+	switch {
+	case len(data) == 0:
+	case json.Valid(data) && isObject(data):
+		ev.Data = json.RawMessage(bytes.Clone(data))
+	default:
+		q.log.Warn("event data is not a JSON object; delivered without it", "event", de.Event, "data", fmt.Sprintf("%.200q", data))
+	}
+	return ev
+}
+
+// Subscribe implements QMP: each subscription has its own queue of up to
+// the event queue limit (DefaultEventQueueLimit); past it, events are
+// dropped and an EventsLost event marks the gap, so the stream is never
+// held up. match runs on the reader goroutine: it must be quick and must
+// not call the LibvirtQMP. When the event stream ends, queued events are
+// still delivered before the channel is closed; cancel stops delivery at
+// once and is idempotent. Close cancels every subscription.
+func (q *LibvirtQMP) Subscribe(match func(Event) bool) (<-chan Event, func()) {
+	s := newSubscription(match, q.eventLimit, func() {
+		q.log.Warn("a subscriber is not keeping up; dropping its events", "queued", q.eventLimit)
+	}, &q.eventsDropped)
+	q.subs.add(s)
+	return s.out, func() {
+		q.subs.remove(s)
+		s.cancel()
+	}
+}
+
+// Close implements QMP: it cancels the subscriptions, ends the event
+// stream and fails calls in progress and later calls with ErrClosed; their
+// RPCs stay pending until libvirt answers (see Abandoned). It waits until
+// the event reader has exited, which go-libvirt allows at once, and does
+// not disconnect the libvirt connection. It is idempotent.
+func (q *LibvirtQMP) Close() error {
+	q.closeOnce.Do(func() { close(q.closed) })
+	q.subs.closeAll(true)
+	q.stopEvents()
+	<-q.done
+	return nil
+}
+
+// errGaveUp is bounded's result when the context ended or closed was
+// closed before the call returned.
+var errGaveUp = errors.New("gave up waiting for libvirt")
+
+// bounded runs fn, one go-libvirt call, in a goroutine and returns its
+// result, or errGaveUp when ctx ends or closed is closed first; fn then
+// stays pending, counted in abandoned, until libvirt answers or the
+// connection is lost, and its late result is counted in late (if not nil)
+// and dropped. A result that is ready when ctx ends is still returned.
+func bounded[T any](ctx context.Context, closed <-chan struct{}, abandoned *atomic.Int64, late *atomic.Uint64, fn func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	const running, finished, gaveUp = 0, 1, 2
+	var state atomic.Int32
+	done := make(chan result, 1)
+	go func() {
+		v, err := fn()
+		done <- result{v, err}
+		if !state.CompareAndSwap(running, finished) {
+			abandoned.Add(-1)
+			if late != nil {
+				late.Add(1)
+			}
+		}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+	case <-closed:
+	}
+	select {
+	case r := <-done:
+		return r.v, r.err
+	default:
+	}
+	abandoned.Add(1)
+	if state.CompareAndSwap(running, gaveUp) {
+		var zero T
+		return zero, errGaveUp
+	}
+	// It finished meanwhile: take its result.
+	abandoned.Add(-1)
+	r := <-done
+	return r.v, r.err
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// libvirtQMPError maps an error of a monitor RPC (see LibvirtQMP).
+func libvirtQMPError(op, domain string, err error) error {
+	var le libvirt.Error
+	if !errors.As(err, &le) {
+		if errors.Is(err, libvirt.ErrUnsupported) {
+			return fmt.Errorf("%w: qmp %s (domain %s): %w", ErrLibvirt, op, domain, err)
+		}
+		// ErrInterrupted (the connection dropped during the call), EINVAL
+		// (not connected), write and decoding errors.
+		return fmt.Errorf("%w: qmp %s (domain %s): libvirt connection: %w", ErrClosed, op, domain, err)
+	}
+	switch libvirt.ErrorNumber(le.Code) {
+	case libvirt.ErrOperationInvalid, libvirt.ErrNoDomain:
+		// "domain is not running", or the domain is gone.
+		return fmt.Errorf("%w: qmp %s (domain %s): %w", ErrClosed, op, domain, le)
+	case libvirt.ErrOperationTimeout:
+		// "cannot acquire state change lock": another job held the domain.
+		return fmt.Errorf("%w: qmp %s (domain %s): %w", ErrTimeout, op, domain, le)
+	}
+	return fmt.Errorf("%w: qmp %s (domain %s): %w", ErrLibvirt, op, domain, le)
+}
