@@ -1,7 +1,6 @@
 package hypervisor
 
 import (
-	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -9,25 +8,12 @@ import (
 	"github.com/twinsnap/twinsnap/guestagent"
 )
 
-// PCIAddress is a PCI address as QEMU or the guest reports it.
-type PCIAddress struct {
-	Domain   int `json:"domain"`
-	Bus      int `json:"bus"`
-	Slot     int `json:"slot"`
-	Function int `json:"function"`
-}
-
-// String formats the address as domain:bus:slot.function.
-func (a PCIAddress) String() string {
-	return fmt.Sprintf("%04x:%02x:%02x.%x", a.Domain, a.Bus, a.Slot, a.Function)
-}
-
 // PlanVolume is one VM volume as the freeze planner sees it: its name
 // (for messages), its serial and the guest PCI address of its device.
 type PlanVolume struct {
 	Name     string
 	Serial   string
-	PCI      *PCIAddress
+	PCI      *guestagent.PCIAddress
 	Selected bool
 }
 

@@ -18,11 +18,11 @@ func diskAt(slot int, serial string) guestagent.Disk {
 
 func TestPlanFreeze(t *testing.T) {
 	vols := []PlanVolume{
-		{Name: "boot", Serial: "boot", PCI: &PCIAddress{Slot: 4}},
-		{Name: "data1", Serial: "data1", PCI: &PCIAddress{Slot: 5}, Selected: true},
-		{Name: "data2", Serial: "data2", PCI: &PCIAddress{Slot: 6}, Selected: true},
-		{Name: "data3", Serial: "data3", PCI: &PCIAddress{Slot: 7}},
-		{Name: "raw", Serial: "raw", PCI: &PCIAddress{Slot: 8}, Selected: true},
+		{Name: "boot", Serial: "boot", PCI: &guestagent.PCIAddress{Slot: 4}},
+		{Name: "data1", Serial: "data1", PCI: &guestagent.PCIAddress{Slot: 5}, Selected: true},
+		{Name: "data2", Serial: "data2", PCI: &guestagent.PCIAddress{Slot: 6}, Selected: true},
+		{Name: "data3", Serial: "data3", PCI: &guestagent.PCIAddress{Slot: 7}},
+		{Name: "raw", Serial: "raw", PCI: &guestagent.PCIAddress{Slot: 8}, Selected: true},
 	}
 	fs := []guestagent.FileSystem{
 		fsOn("/", diskAt(4, "")),
@@ -52,7 +52,7 @@ func TestPlanFreeze(t *testing.T) {
 }
 
 func TestPlanFreezeBridgedBusIsNotGuessed(t *testing.T) {
-	vols := []PlanVolume{{Name: "data1", PCI: &PCIAddress{Bus: 1, Slot: 0}, Selected: true}}
+	vols := []PlanVolume{{Name: "data1", PCI: &guestagent.PCIAddress{Bus: 1, Slot: 0}, Selected: true}}
 	fs := []guestagent.FileSystem{fsOn("/mnt/data1", guestagent.Disk{PCIController: guestagent.PCIAddress{Bus: 2, Slot: 0}})}
 	p := PlanFreeze(vols, fs)
 	if len(p.Mountpoints) != 0 || len(p.Unmapped) != 1 {
