@@ -42,6 +42,11 @@ func (d *Daemon) routes() http.Handler {
 		{"GET /v1/settings", admin, d.getSettings},
 		{"PUT /v1/settings/snapshots", admin, d.putSnapshotsSetting},
 		{"PUT /v1/settings/values", admin, d.putSettingValues},
+		{"GET /v1/vms", admin, d.getVMs},
+		{"GET /v1/vms/{id}", admin, d.getVM},
+		{"POST /v1/vms", adminOrNode, d.postVM},
+		{"DELETE /v1/vms/{id}", admin, d.deleteVM},
+		{"POST /v1/vms/{id}/quiesce-check", adminOrNode, d.postQuiesceCheck},
 	} {
 		mux.Handle(rt.pattern, d.guard(rt))
 	}
@@ -177,15 +182,22 @@ func (d *Daemon) propose(ctx context.Context, cmd command.Command) (state.Result
 // waitApplied waits until this node's state holds the given log index, so
 // that a read after a write through this node sees the write.
 func (d *Daemon) waitApplied(ctx context.Context, index uint64) error {
+	return d.waitFor(ctx, func() bool { i, _ := d.st.AppliedIndex(); return i >= index })
+}
+
+// waitFor polls cond until it holds, bounded by ctx and writeTimeout.
+func (d *Daemon) waitFor(ctx context.Context, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if i, _ := d.st.AppliedIndex(); i >= index {
+		if cond() {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for entry %d to apply here: %w", index, ctx.Err())
+			return fmt.Errorf("waiting for the change to apply on this node: %w", ctx.Err())
 		case <-t.C:
 		}
 	}

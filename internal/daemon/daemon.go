@@ -142,10 +142,14 @@ func Start(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		<-d.done
 		cancel()
 	}()
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go func() {
 		defer d.wg.Done()
 		d.membership(ctx, !has)
+	}()
+	go func() {
+		defer d.wg.Done()
+		d.thawLocalGuests(ctx)
 	}()
 	ok = true
 	d.log.Info("twinsnapd started", "version", Version, "role", cfg.Role, "api", d.apiLn.Addr().String(), "raft", d.node.Addr().String())
