@@ -60,9 +60,12 @@ var (
 // the connection owner's to do (Libvirt.Close, LibvirtMachine.Close for a
 // machine from OpenLibvirt).
 //
-// Events. One go-libvirt event stream, registered for the domain when the
-// LibvirtQMP is created, feeds every subscriber through a queue of its own
-// (see Subscribe), so a slow subscriber never blocks the stream. go-libvirt
+// Events. libvirt accepts one QMP-event registration per domain and
+// connection (a second one fails with "event callback already tracked"),
+// so the LibvirtQMPs of one domain on one connection share one go-libvirt
+// event stream, registered when the first is created and ended when the
+// last is closed. The stream feeds every subscriber through a queue of its
+// own (see Subscribe), so a slow subscriber never blocks it. go-libvirt
 // drops events that carry no data (STOP, RESUME, SHUTDOWN, POWERDOWN, ...):
 // they never arrive here. Events with data (JOB_STATUS_CHANGE,
 // BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED, BLOCK_JOB_ERROR, ...) do.
@@ -94,11 +97,12 @@ type LibvirtQMP struct {
 	closed    chan struct{} // closed by Close
 	closeOnce sync.Once
 
-	mu    sync.Mutex
-	cause error         // why the event stream ended; nil while it runs
-	done  chan struct{} // closed when the event stream has ended
+	src *eventSource
 
-	stopEvents context.CancelFunc
+	mu       sync.Mutex
+	cause    error         // why the event stream ended; nil while it runs
+	done     chan struct{} // closed when the event stream has ended
+	doneOnce sync.Once
 }
 
 // NewLibvirtQMP returns the monitor of dom through conn (usually a
@@ -132,46 +136,13 @@ func NewLibvirtQMP(ctx context.Context, conn LibvirtMonitor, dom libvirt.Domain,
 	}
 	q.log = q.log.With("component", "libvirt-qmp", "domain", dom.Name)
 
-	// The stream lives until Close; its set-up (a lookup and a register
-	// RPC) is bounded by ctx.
-	life, stop := context.WithCancel(context.Background())
-	q.stopEvents = stop
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	type sub struct {
-		ch  <-chan libvirt.DomainEvent
-		err error
+	src, err := attachEvents(ctx, q)
+	if err != nil {
+		return nil, err
 	}
-	var setup atomic.Int32 // 0 running, 1 taken, 2 abandoned
-	res := make(chan sub, 1)
-	go func() {
-		ch, err := conn.SubscribeQEMUEvents(life, dom.Name)
-		if setup.CompareAndSwap(0, 1) {
-			res <- sub{ch, err}
-			return
-		}
-		// Given up on: end the stream that was set up after all.
-		stop()
-		if err == nil {
-			for range ch {
-			}
-		}
-	}()
-	var s sub
-	select {
-	case s = <-res:
-	case <-ctx.Done():
-		if setup.CompareAndSwap(0, 2) {
-			stop()
-			return nil, fmt.Errorf("%w: qmp events of domain %s: registering: %w", ErrTimeout, dom.Name, ctx.Err())
-		}
-		s = <-res
-	}
-	if s.err != nil {
-		stop()
-		return nil, libvirtQMPError("registering for events", dom.Name, s.err)
-	}
-	go q.read(s.ch)
+	q.src = src
 	return q, nil
 }
 
@@ -296,41 +267,16 @@ func (q *LibvirtQMP) check(ctx context.Context, name string) error {
 	return nil
 }
 
-// read is the event reader: it drains go-libvirt's channel until it is
-// closed (go-libvirt's sender blocks until it is read) and offers each
-// event to the subscribers.
-func (q *LibvirtQMP) read(ch <-chan libvirt.DomainEvent) {
-	for de := range ch {
-		q.subs.dispatch(q.event(de))
-	}
-	cause := errClosedByCaller
-	if !isClosed(q.closed) {
-		cause = errors.New("the libvirt event stream ended (connection lost)")
-		q.log.Warn("event stream ended", "cause", cause)
-	}
-	q.mu.Lock()
-	q.cause = cause
-	q.mu.Unlock()
-	close(q.done)
-	q.subs.closeAll(false)
-}
-
-// event converts a go-libvirt event. libvirt sends the data as JSON text;
-// data that is not a JSON object is left out (and logged).
-func (q *LibvirtQMP) event(de libvirt.DomainEvent) Event {
-	ev := Event{Name: de.Event}
-	if de.Seconds > 0 || de.Microseconds > 0 {
-		ev.Time = time.Unix(int64(de.Seconds), int64(de.Microseconds)*1000)
-	}
-	data := bytes.TrimSpace(bytes.TrimRight(de.Details, "\x00"))
-	switch {
-	case len(data) == 0:
-	case json.Valid(data) && isObject(data):
-		ev.Data = json.RawMessage(bytes.Clone(data))
-	default:
-		q.log.Warn("event data is not a JSON object; delivered without it", "event", de.Event, "data", fmt.Sprintf("%.200q", data))
-	}
-	return ev
+// end records that the event stream ended for cause: later calls fail,
+// and the subscriptions close once they have delivered what they hold.
+func (q *LibvirtQMP) end(cause error) {
+	q.doneOnce.Do(func() {
+		q.mu.Lock()
+		q.cause = cause
+		q.mu.Unlock()
+		close(q.done)
+		q.subs.closeAll(false)
+	})
 }
 
 // Subscribe implements QMP: each subscription has its own queue of up to
@@ -352,15 +298,16 @@ func (q *LibvirtQMP) Subscribe(match func(Event) bool) (<-chan Event, func()) {
 }
 
 // Close implements QMP: it cancels the subscriptions, ends the event
-// stream and fails calls in progress and later calls with ErrClosed; their
-// RPCs stay pending until libvirt answers (see Abandoned). It waits until
-// the event reader has exited, which go-libvirt allows at once, and does
-// not disconnect the libvirt connection. It is idempotent.
+// stream when no other LibvirtQMP of the domain on the connection uses it
+// (waiting until its reader has exited, which go-libvirt allows at once),
+// and fails calls in progress and later calls with ErrClosed; their RPCs
+// stay pending until libvirt answers (see Abandoned). It does not
+// disconnect the libvirt connection. It is idempotent.
 func (q *LibvirtQMP) Close() error {
 	q.closeOnce.Do(func() { close(q.closed) })
 	q.subs.closeAll(true)
-	q.stopEvents()
-	<-q.done
+	q.src.detach(q)
+	q.end(errClosedByCaller)
 	return nil
 }
 
@@ -443,4 +390,235 @@ func libvirtQMPError(op, domain string, err error) error {
 		return fmt.Errorf("%w: qmp %s (domain %s): %w", ErrTimeout, op, domain, le)
 	}
 	return fmt.Errorf("%w: qmp %s (domain %s): %w", ErrLibvirt, op, domain, le)
+}
+
+// sourceKey names one domain's QMP-event registration on one connection.
+type sourceKey struct {
+	conn LibvirtMonitor
+	uuid libvirt.UUID
+	name string
+}
+
+// eventSources are the live event registrations, shared by the
+// LibvirtQMPs of one domain on one connection. Lock order: eventSources.mu,
+// then an eventSource's mu.
+var eventSources struct {
+	mu sync.Mutex
+	m  map[sourceKey]*eventSource
+}
+
+// eventSource is one go-libvirt QMP event stream and the LibvirtQMPs it
+// feeds.
+type eventSource struct {
+	key  sourceKey
+	log  *slog.Logger
+	stop context.CancelFunc // ends the stream's context
+	// ready is closed once the registration has returned, err is its
+	// error.
+	ready chan struct{}
+	err   error
+	// done is closed once the reader has exited (or the registration
+	// failed).
+	done chan struct{}
+
+	mu    sync.Mutex
+	refs  int                      // attached or attaching LibvirtQMPs
+	sinks map[*LibvirtQMP]struct{} // the attached ones
+	ended error                    // why the stream ended; nil while it runs
+}
+
+// attachEvents attaches q to its domain's event stream on q's connection,
+// registering one (a lookup and a register RPC) if there is none, bounded
+// by ctx.
+func attachEvents(ctx context.Context, q *LibvirtQMP) (*eventSource, error) {
+	key := sourceKey{conn: q.conn, uuid: q.dom.UUID, name: q.dom.Name}
+	eventSources.mu.Lock()
+	src := eventSources.m[key]
+	if src != nil && !src.ref() {
+		src = nil // its stream ended: register anew
+	}
+	if src == nil {
+		life, stop := context.WithCancel(context.Background())
+		src = &eventSource{
+			key:   key,
+			log:   q.log,
+			stop:  stop,
+			ready: make(chan struct{}),
+			done:  make(chan struct{}),
+			refs:  1,
+			sinks: map[*LibvirtQMP]struct{}{},
+		}
+		if eventSources.m == nil {
+			eventSources.m = map[sourceKey]*eventSource{}
+		}
+		eventSources.m[key] = src
+		go src.register(life)
+	}
+	eventSources.mu.Unlock()
+
+	select {
+	case <-src.ready:
+	case <-ctx.Done():
+		src.detach(q)
+		return nil, fmt.Errorf("%w: qmp events of domain %s: registering: %w", ErrTimeout, q.dom.Name, ctx.Err())
+	}
+	if src.err != nil {
+		src.detach(q)
+		return nil, libvirtQMPError("registering for events", q.dom.Name, src.err)
+	}
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if src.ended != nil {
+		src.refs--
+		return nil, fmt.Errorf("%w: qmp events of domain %s: %w", ErrClosed, q.dom.Name, src.ended)
+	}
+	src.sinks[q] = struct{}{}
+	return src, nil
+}
+
+// ref counts one more LibvirtQMP attaching, unless the stream has ended.
+func (src *eventSource) ref() bool {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if src.ended != nil {
+		return false
+	}
+	src.refs++
+	return true
+}
+
+// Retries of a registration that libvirt refuses as a duplicate.
+const (
+	registerRetries = 20
+	registerBackoff = 100 * time.Millisecond
+)
+
+// register registers for the domain's events and runs the reader. When
+// everyone has given up on it meanwhile, it ends the stream at once.
+//
+// libvirt refuses a registration while the previous one for the domain
+// on the connection is still registered ("event callback already
+// tracked"). go-libvirt deregisters a stream after it has closed its
+// channel, so a LibvirtQMP opened right after the last one was closed can
+// meet the old registration: register retries for a while.
+func (src *eventSource) register(life context.Context) {
+	var ch <-chan libvirt.DomainEvent
+	var err error
+	for attempt := 0; ; attempt++ {
+		ch, err = src.key.conn.SubscribeQEMUEvents(life, src.key.name)
+		if err == nil || !isLibvirtCode(err, libvirt.ErrInvalidArg) || attempt == registerRetries {
+			break
+		}
+		select {
+		case <-life.Done():
+		case <-time.After(registerBackoff):
+			continue
+		}
+		break
+	}
+	src.err = err
+	close(src.ready)
+	if err != nil {
+		src.stop()
+		src.finish(fmt.Errorf("registering: %w", err))
+		return
+	}
+	src.mu.Lock()
+	unused := src.refs == 0
+	src.mu.Unlock()
+	if unused {
+		src.stop()
+	}
+	src.read(ch)
+}
+
+// read drains go-libvirt's channel until it is closed (go-libvirt's
+// sender blocks until it is read) and offers each event to every attached
+// LibvirtQMP's subscribers.
+func (src *eventSource) read(ch <-chan libvirt.DomainEvent) {
+	for de := range ch {
+		ev := src.event(de)
+		src.mu.Lock()
+		for q := range src.sinks {
+			q.subs.dispatch(ev) // never blocks
+		}
+		src.mu.Unlock()
+	}
+	src.finish(errors.New("the libvirt event stream ended (connection lost)"))
+}
+
+// finish marks the stream ended, ends it for the LibvirtQMPs still
+// attached, forgets the source and closes done.
+func (src *eventSource) finish(cause error) {
+	src.stop()
+	src.mu.Lock()
+	src.ended = cause
+	sinks := make([]*LibvirtQMP, 0, len(src.sinks))
+	for q := range src.sinks {
+		sinks = append(sinks, q)
+	}
+	src.sinks = map[*LibvirtQMP]struct{}{}
+	src.mu.Unlock()
+	for _, q := range sinks {
+		q.log.Warn("event stream ended", "cause", cause)
+		q.end(cause)
+	}
+	src.forget()
+	close(src.done)
+}
+
+// forget removes the source from eventSources if it is still there.
+func (src *eventSource) forget() {
+	eventSources.mu.Lock()
+	defer eventSources.mu.Unlock()
+	if eventSources.m[src.key] == src {
+		delete(eventSources.m, src.key)
+	}
+}
+
+// detach removes q. The last one out ends the stream and, once the
+// registration has returned, waits for the reader to exit.
+func (src *eventSource) detach(q *LibvirtQMP) {
+	eventSources.mu.Lock()
+	src.mu.Lock()
+	if _, ok := src.sinks[q]; ok || src.ended == nil {
+		// q counts in refs while attaching or attached; after finish,
+		// refs no longer matters.
+		delete(src.sinks, q)
+		src.refs--
+	}
+	last := src.refs <= 0
+	src.mu.Unlock()
+	if last && eventSources.m[src.key] == src {
+		delete(eventSources.m, src.key)
+	}
+	eventSources.mu.Unlock()
+	if !last {
+		return
+	}
+	src.stop()
+	select {
+	case <-src.ready:
+		<-src.done // go-libvirt closes the channel at once on stop
+	default:
+		// register ends the stream when the registration returns.
+	}
+}
+
+// event converts a go-libvirt event. libvirt sends the data as JSON text;
+// data that is not a JSON object is left out (and logged).
+func (src *eventSource) event(de libvirt.DomainEvent) Event {
+	ev := Event{Name: de.Event}
+	if de.Seconds > 0 || de.Microseconds > 0 {
+		ev.Time = time.Unix(int64(de.Seconds), int64(de.Microseconds)*1000)
+	}
+	data := bytes.TrimSpace(bytes.TrimRight(de.Details, "\x00"))
+	switch {
+	case len(data) == 0:
+	case json.Valid(data) && isObject(data):
+		ev.Data = json.RawMessage(bytes.Clone(data))
+	default:
+		src.log.Warn("event data is not a JSON object; delivered without it", "event", de.Event, "data", fmt.Sprintf("%.200q", data))
+	}
+	return ev
 }

@@ -17,14 +17,20 @@ import (
 // fakeMonitor is a LibvirtMonitor without libvirtd: run answers each
 // command, and events sent on events reach the subscription. Like
 // go-libvirt, its event goroutine blocks on the send until the event is
-// read, and closes the channel when the subscription's context ends.
+// read, closes the channel when the subscription's context ends, and
+// deregisters only after that (after deregisterDelay); like libvirt, it
+// refuses a second registration while one is registered.
 type fakeMonitor struct {
-	run    func(cmd string) (string, error)
-	events chan libvirt.DomainEvent
-	subErr error
+	run             func(cmd string) (string, error)
+	events          chan libvirt.DomainEvent
+	subErr          error
+	deregisterDelay time.Duration
 
-	mu   sync.Mutex
-	cmds []string
+	mu         sync.Mutex
+	cmds       []string
+	registered bool
+	registers  int // successful registrations
+	refused    int // registrations refused as duplicates
 }
 
 func newFakeMonitor(run func(cmd string) (string, error)) *fakeMonitor {
@@ -42,9 +48,24 @@ func (f *fakeMonitor) SubscribeQEMUEvents(ctx context.Context, _ string) (<-chan
 	if f.subErr != nil {
 		return nil, f.subErr
 	}
+	f.mu.Lock()
+	if f.registered {
+		f.refused++
+		f.mu.Unlock()
+		return nil, libvirt.Error{Code: uint32(libvirt.ErrInvalidArg), Message: "invalid argument: event callback already tracked"}
+	}
+	f.registered = true
+	f.registers++
+	f.mu.Unlock()
 	out := make(chan libvirt.DomainEvent)
 	go func() {
-		defer close(out)
+		defer func() {
+			close(out)
+			time.Sleep(f.deregisterDelay)
+			f.mu.Lock()
+			f.registered = false
+			f.mu.Unlock()
+		}()
 		for {
 			select {
 			case ev, ok := <-f.events:
@@ -58,6 +79,12 @@ func (f *fakeMonitor) SubscribeQEMUEvents(ctx context.Context, _ string) (<-chan
 		}
 	}()
 	return out, nil
+}
+
+func (f *fakeMonitor) counts() (registers, refused int, registered bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.registers, f.refused, f.registered
 }
 
 func (f *fakeMonitor) sent() []string {
@@ -401,4 +428,81 @@ func TestLibvirtQMPFakeClose(t *testing.T) {
 	if err := q.Err(); !errors.Is(err, hypervisor.ErrClosed) {
 		t.Fatalf("Err() after Close = %v, want ErrClosed", err)
 	}
+}
+
+// TestLibvirtQMPFakeShared checks that the LibvirtQMPs of one domain on
+// one connection share one registration (libvirt refuses a second), that
+// each keeps its own subscribers, and that a LibvirtQMP opened right
+// after the last one closed waits out the old registration.
+func TestLibvirtQMPFakeShared(t *testing.T) {
+	defer leakCheck(t)()
+	f := newFakeMonitor(func(string) (string, error) { return `{"return":{}}`, nil })
+	f.deregisterDelay = 300 * time.Millisecond
+	ctx := within(t, 10*time.Second)
+	a := openFake(t, f)
+	defer a.Close()
+	b := openFake(t, f)
+	defer b.Close()
+	if reg, refused, _ := f.counts(); reg != 1 || refused != 0 {
+		t.Fatalf("%d registrations (%d refused), want 1", reg, refused)
+	}
+	evA, cancelA := a.Subscribe(nil)
+	defer cancelA()
+	evB, cancelB := b.Subscribe(nil)
+	defer cancelB()
+	send := func(name string) {
+		t.Helper()
+		select {
+		case f.events <- libvirt.DomainEvent{Event: name, Details: []byte(`{}`)}:
+		case <-ctx.Done():
+			t.Fatalf("the event reader does not read")
+		}
+	}
+	recv := func(ch <-chan hypervisor.Event, want string) {
+		t.Helper()
+		select {
+		case ev, ok := <-ch:
+			if !ok || ev.Name != want {
+				t.Fatalf("got %q (open %v), want %s", ev.Name, ok, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %s", want)
+		}
+	}
+	send("ONE")
+	recv(evA, "ONE")
+	recv(evB, "ONE")
+
+	// Closing a leaves b's stream running.
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, ok := <-evA; ok {
+		t.Fatalf("a's subscription open after Close")
+	}
+	send("TWO")
+	recv(evB, "TWO")
+	if err := b.Execute(ctx, "query-status", nil, nil); err != nil {
+		t.Fatalf("b after a closed: %v", err)
+	}
+
+	// The last one out ends the registration; a new one registers anew,
+	// retrying while the old registration lingers.
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, _, registered := f.counts(); !registered {
+		t.Fatalf("the fake deregistered at once; the test needs a lingering registration")
+	}
+	c := openFake(t, f)
+	defer c.Close()
+	reg, refused, _ := f.counts()
+	if reg != 2 || refused == 0 {
+		t.Fatalf("%d registrations, %d refused; want 2 after at least one refusal", reg, refused)
+	}
+	evC, cancelC := c.Subscribe(nil)
+	defer cancelC()
+	send("THREE")
+	recv(evC, "THREE")
+	t.Logf("re-registration refused %d times while the old one lingered", refused)
 }
