@@ -129,7 +129,7 @@ func TestLibvirtQMPFakeReplies(t *testing.T) {
 		return replies[c.Execute], nil
 	})
 	q := openFake(t, f, hypervisor.WithMaxMessageSize(1024))
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ctx := within(t, 10*time.Second)
 
 	var st struct {
@@ -178,7 +178,7 @@ func TestLibvirtQMPFakeLibvirtErrors(t *testing.T) {
 	var next error
 	f := newFakeMonitor(func(string) (string, error) { return "", next })
 	q := openFake(t, f)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ctx := within(t, 10*time.Second)
 	for _, tc := range []struct {
 		name string
@@ -225,7 +225,7 @@ func TestLibvirtQMPFakeBounds(t *testing.T) {
 		return `{"return":{}}`, nil
 	})
 	q := openFake(t, f)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -289,7 +289,7 @@ func TestLibvirtQMPFakeEvents(t *testing.T) {
 	f := newFakeMonitor(func(string) (string, error) { return `{"return":{}}`, nil })
 	const limit = 8
 	q := openFake(t, f, hypervisor.WithEventQueueLimit(limit))
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	ctx := within(t, 10*time.Second)
 
 	all, cancelAll := q.Subscribe(nil)
@@ -406,7 +406,7 @@ func TestLibvirtQMPFakeClose(t *testing.T) {
 	defer leakCheck(t)()
 	f := newFakeMonitor(func(string) (string, error) { return `{"return":{}}`, nil })
 	q := openFake(t, f)
-	defer q.Close()
+	defer func() { _ = q.Close() }()
 	a, _ := q.Subscribe(nil)
 	b, _ := q.Subscribe(nil)
 	if err := q.Close(); err != nil {
@@ -440,9 +440,9 @@ func TestLibvirtQMPFakeShared(t *testing.T) {
 	f.deregisterDelay = 300 * time.Millisecond
 	ctx := within(t, 10*time.Second)
 	a := openFake(t, f)
-	defer a.Close()
+	defer func() { _ = a.Close() }()
 	b := openFake(t, f)
-	defer b.Close()
+	defer func() { _ = b.Close() }()
 	if reg, refused, _ := f.counts(); reg != 1 || refused != 0 {
 		t.Fatalf("%d registrations (%d refused), want 1", reg, refused)
 	}
@@ -473,9 +473,11 @@ func TestLibvirtQMPFakeShared(t *testing.T) {
 	recv(evA, "ONE")
 	recv(evB, "ONE")
 
-	// Closing a leaves b's stream running.
-	if err := a.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
+	// Closing a (twice) leaves b's stream running.
+	for range 2 {
+		if err := a.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
 	}
 	if _, ok := <-evA; ok {
 		t.Fatalf("a's subscription open after Close")
@@ -495,7 +497,7 @@ func TestLibvirtQMPFakeShared(t *testing.T) {
 		t.Fatalf("the fake deregistered at once; the test needs a lingering registration")
 	}
 	c := openFake(t, f)
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	reg, refused, _ := f.counts()
 	if reg != 2 || refused == 0 {
 		t.Fatalf("%d registrations, %d refused; want 2 after at least one refusal", reg, refused)

@@ -693,6 +693,54 @@ func TestLibvirtLifecycle(t *testing.T) {
 	if _, err := hypervisor.OpenLibvirt(ctx, lv.Socket, name); !errors.Is(err, hypervisor.ErrNotFound) {
 		t.Fatalf("OpenLibvirt of an undefined domain: %v, want ErrNotFound", err)
 	}
+
+	// A libvirtd that does not answer: calls end with their context, and
+	// Close reclaims the abandoned RPCs by closing the socket.
+	hung, err := hypervisor.DialLibvirt(ctx, lv.Socket)
+	if err != nil {
+		t.Fatalf("DialLibvirt: %v", err)
+	}
+	pid := libvirtdPid(t, lv)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP libvirtd: %v", err)
+	}
+	defer func() { _ = syscall.Kill(pid, syscall.SIGCONT) }()
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	start = time.Now()
+	_, err = hung.DomainState(cctx, name)
+	cancel()
+	if !errors.Is(err, hypervisor.ErrTimeout) || time.Since(start) > 2*time.Second || hung.Abandoned() != 1 {
+		t.Fatalf("call to a stopped libvirtd: %v after %s, %d abandoned; want ErrTimeout after 1 s, 1 abandoned", err, time.Since(start), hung.Abandoned())
+	}
+	start = time.Now()
+	err = hung.Close()
+	took := time.Since(start)
+	if !errors.Is(err, hypervisor.ErrTimeout) || took > 10*time.Second {
+		t.Fatalf("Close with libvirtd stopped: %v after %s; want ErrTimeout after about 5 s", err, took)
+	}
+	if !waitFor(5*time.Second, func() bool { return hung.Abandoned() == 0 }) {
+		t.Fatalf("%d RPCs still pending after Close", hung.Abandoned())
+	}
+	t.Logf("Close with libvirtd stopped: %v after %s", err, took.Round(time.Millisecond))
+	if _, err := hung.DomainState(ctx, name); !errors.Is(err, hypervisor.ErrClosed) {
+		t.Fatalf("call after Close: %v, want ErrClosed", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("SIGCONT libvirtd: %v", err)
+	}
+}
+
+// libvirtdPid finds the libvirtd process of lv.
+func libvirtdPid(t *testing.T, lv *testenv.Libvirtd) int {
+	t.Helper()
+	for _, pid := range lv.Processes() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && filepath.Base(strings.Split(string(b), "\x00")[0]) == "libvirtd" {
+			return pid
+		}
+	}
+	t.Fatalf("no libvirtd process of %s", lv.Dir)
+	return 0
 }
 
 // lifecycleXML is a diskless TCG domain that boots the test guest's
