@@ -366,34 +366,30 @@ func selectVolumes(vm command.VM, names []string) (map[string]bool, error) {
 	return sel, nil
 }
 
-// freezePlan maps the guest's file systems onto the VM's volumes through
-// QMP's view of the disks. With no agent answering, the plan is empty and
-// Quiesce reports why.
+// freezePlan maps the guest's file systems onto the VM's selected volumes
+// through QMP's view of the disks. When the agent cannot tell its file
+// systems the plan is empty, and Quiesce reports why it steps down.
 func (d *Daemon) freezePlan(ctx context.Context, m hypervisor.Machine, agent *guestagent.Client, vm command.VM, selected map[string]bool) (hypervisor.FreezePlan, error) {
 	ctx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
-	devs, err := hypervisor.BlockDevices(ctx, m.QMP())
-	if err != nil {
-		return hypervisor.FreezePlan{}, fmt.Errorf("inspecting the VM's disks: %w", err)
-	}
-	var vols []hypervisor.PlanVolume
+	var names []string
 	for _, v := range vm.Volumes {
-		pv := hypervisor.PlanVolume{Name: v.Name, Serial: v.Serial, Selected: selected[v.Name]}
-		for _, dev := range devs {
-			if (v.Serial != "" && dev.Serial == v.Serial) || dev.DeviceID == v.Name {
-				pv.PCI = dev.PCI
-			}
+		if selected[v.Name] {
+			names = append(names, v.Name)
 		}
-		vols = append(vols, pv)
 	}
-	actx, acancel := context.WithTimeout(ctx, 3*time.Second)
-	defer acancel()
-	fs, err := agent.FSInfo(actx)
-	if err != nil {
+	sort.Strings(names)
+	plan, err := hypervisor.PlanFor(ctx, m.QMP(), agent, names)
+	switch {
+	case err == nil:
+		return plan, nil
+	case errors.Is(err, hypervisor.ErrNotFound):
+		return plan, apiError(api.CodeConflict, "the VM's disks changed since it was registered: "+err.Error())
+	case errors.Is(err, guestagent.ErrTimeout), errors.Is(err, guestagent.ErrClosed), errors.Is(err, guestagent.ErrProtocol), guestagent.IsClass(err, guestagent.ClassCommandNotFound):
 		d.log.Debug("no file system information from the guest agent", "vm", vm.Name, "err", err)
 		return hypervisor.FreezePlan{}, nil
 	}
-	return hypervisor.PlanFreeze(vols, fs), nil
+	return plan, fmt.Errorf("planning the freeze: %w", err)
 }
 
 // thawLocalGuests runs once at start-up: no capture can be in progress on a

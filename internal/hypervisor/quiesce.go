@@ -214,11 +214,6 @@ func precheck(ctx context.Context, agent FreezeAgent, plan FreezePlan, opts Quie
 		return "freezing is turned off for this VM"
 	case agent == nil:
 		return "the VM has no guest agent"
-	case len(plan.Mountpoints) == 0:
-		if len(plan.Unmapped) > 0 {
-			return "no guest file system found on the selected volumes (" + strings.Join(plan.Unmapped, ", ") + ")"
-		}
-		return "no guest file system found on the selected volumes"
 	}
 	pctx, cancel := context.WithTimeout(ctx, opts.AgentTimeout)
 	defer cancel()
@@ -229,6 +224,12 @@ func precheck(ctx context.Context, agent FreezeAgent, plan FreezePlan, opts Quie
 		return "guest agent not responding: " + err.Error()
 	} else if st == guestagent.Frozen {
 		return "the guest's file systems are already frozen by someone else"
+	}
+	if len(plan.Mountpoints) == 0 {
+		if len(plan.Unmapped) > 0 {
+			return "no guest file system found on the selected volumes (" + strings.Join(plan.Unmapped, ", ") + ")"
+		}
+		return "no guest file system found on the selected volumes"
 	}
 	return ""
 }

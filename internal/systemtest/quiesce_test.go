@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"context"
+	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -55,6 +56,20 @@ func TestDaemonThawsGuestLeftFrozen(t *testing.T) {
 		t.Fatalf("quiesce check result %+v", res)
 	}
 	t.Logf("quiesce check of data1: window %.1f ms (freeze %.1f ms, thaw %.1f ms)", res.WindowMS, res.FreezeCallMS, res.ThawCallMS)
+
+	// The same through the real CLI, against the witness.
+	var list api.VMList
+	if r := c.CLI(ctx, testenv.Witness, "vm", "list", "-o", "json"); r.Exit != 0 || json.Unmarshal([]byte(r.Stdout), &list) != nil || len(list.VMs) != 1 || list.VMs[0].Name != "guest" {
+		t.Fatalf("vm list: exit %d: %s %s", r.Exit, r.Stdout, r.Stderr)
+	}
+	var check api.QuiesceCheckResult
+	if r := c.CLI(ctx, testenv.Witness, "vm", "check-quiesce", "guest", "--volumes", "data1,data2", "--require", "application", "-o", "json"); r.Exit != 0 || json.Unmarshal([]byte(r.Stdout), &check) != nil ||
+		!reflect.DeepEqual(check.Frozen, []string{"/mnt/data1", "/mnt/data2"}) {
+		t.Fatalf("vm check-quiesce: exit %d: %s %s", r.Exit, r.Stdout, r.Stderr)
+	}
+	if r := c.CLI(ctx, testenv.Witness, "vm", "show", "no-such-vm"); r.Exit != 5 {
+		t.Fatalf("vm show of an unknown VM: exit %d, want 5: %s", r.Exit, r.Stderr)
+	}
 
 	// Hold the guest frozen through the host and kill the host's daemon
 	// meanwhile.
