@@ -194,7 +194,7 @@ func (d *Daemon) inspectVM(ctx context.Context, req api.VMRegisterRequest) (comm
 	if err != nil {
 		return vm, apiError(api.CodeInvalid, "cannot reach the VM: "+err.Error())
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	ictx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
 	devs, err := hypervisor.BlockDevices(ictx, m.QMP())
@@ -297,7 +297,7 @@ func (d *Daemon) postQuiesceCheck(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return apiError(api.CodeUnavailable, "cannot reach the VM: "+err.Error())
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	agent := guestagent.NewClient(m.Agent())
 	plan, err := d.freezePlan(r.Context(), m, agent, vm.VM, selected)
 	if err != nil {
@@ -447,7 +447,7 @@ func (d *Daemon) thawGuest(ctx context.Context, vm command.VM) bool {
 		d.log.Warn("start-up check: cannot reach the VM", "vm", vm.Name, "err", err)
 		return false
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	agent := guestagent.NewClient(m.Agent())
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
