@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+
+	"github.com/twinsnap/twinsnap/guestagent/jsonframe"
 )
 
 // MaxReplySize bounds one reply from the agent; a longer one is a protocol
@@ -43,76 +46,20 @@ func skipToMarker(r *bufio.Reader) error {
 // and returns it only if it is valid JSON of at most MaxReplySize bytes.
 // Anything else before the object is a protocol error. A sync marker ends
 // the value with a protocol error and is left unread, so that a resync
-// finds it. It scans bufio's buffer a chunk at a time: replies can be
-// megabytes (guest-exec output).
+// finds it.
 func readValue(r *bufio.Reader) ([]byte, error) {
-	var buf []byte
-	started := false
-	depth := 0
-	inString, escaped := false, false
-	for {
-		if r.Buffered() == 0 {
-			if _, err := r.Peek(1); err != nil {
-				return nil, err
-			}
-		}
-		chunk, _ := r.Peek(r.Buffered())
-		from := 0 // where this chunk's part of the value begins
-		for i, b := range chunk {
-			if b == syncMarker {
-				_, _ = r.Discard(i)
-				return nil, fmt.Errorf("%w: sync marker inside or before a reply", ErrProtocol)
-			}
-			if !started {
-				switch b {
-				case ' ', '\t', '\r', '\n':
-					continue
-				case '{':
-					started, from = true, i
-				default:
-					_, _ = r.Discard(i + 1)
-					return nil, fmt.Errorf("%w: unexpected byte %#x outside a reply", ErrProtocol, b)
-				}
-			}
-			switch {
-			case inString && escaped:
-				escaped = false
-			case inString && b == '\\':
-				escaped = true
-			case inString && b == '"':
-				inString = false
-			case inString:
-			case b == '"':
-				inString = true
-			case b == '{' || b == '[':
-				depth++
-			case b == '}' || b == ']':
-				depth--
-				if depth > 0 {
-					continue
-				}
-				if len(buf)+i+1-from > MaxReplySize {
-					_, _ = r.Discard(i + 1)
-					return nil, errTooLarge
-				}
-				buf = append(buf, chunk[from:i+1]...)
-				_, _ = r.Discard(i + 1)
-				// Brackets balance; the value may still be malformed
-				// ({"a" 1}, {]).
-				if !json.Valid(buf) {
-					return nil, fmt.Errorf("%w: malformed reply: %.200q", ErrProtocol, buf)
-				}
-				return buf, nil
-			}
-		}
-		if started {
-			buf = append(buf, chunk[from:]...)
-		}
-		_, _ = r.Discard(len(chunk))
-		if len(buf) > MaxReplySize {
-			return nil, errTooLarge
-		}
+	b, err := jsonframe.Read(r, MaxReplySize, syncMarker)
+	switch {
+	case err == nil:
+		return b, nil
+	case errors.Is(err, jsonframe.ErrTooLarge):
+		return nil, errTooLarge
+	case errors.Is(err, jsonframe.ErrStop):
+		return nil, fmt.Errorf("%w: sync marker inside or before a reply", ErrProtocol)
+	case errors.Is(err, jsonframe.ErrStray), errors.Is(err, jsonframe.ErrMalformed):
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
+	return nil, err // the connection's error, possibly inside a reply
 }
 
 // errTooLarge reports a reply over MaxReplySize.

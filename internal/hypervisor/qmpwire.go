@@ -4,8 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/twinsnap/twinsnap/guestagent/jsonframe"
 )
 
 // DefaultMaxMessageSize bounds one QMP message (a reply or an event) read
@@ -20,73 +23,15 @@ const DefaultMaxMessageSize = 64 << 20
 // on QEMU's line breaks: an object may span lines, several may share one,
 // and there is no limit on a line's length other than max.
 func readMessage(r *bufio.Reader, max int) ([]byte, error) {
-	var buf []byte
-	started := false
-	depth := 0
-	inString, escaped := false, false
-	for {
-		if r.Buffered() == 0 {
-			if _, err := r.Peek(1); err != nil {
-				if started && len(buf) > 0 {
-					return nil, fmt.Errorf("%w: connection ended inside a message (%d bytes read): %w", ErrProtocol, len(buf), err)
-				}
-				return nil, err
-			}
-		}
-		chunk, _ := r.Peek(r.Buffered())
-		from := 0 // where this chunk's part of the message begins
-		for i, b := range chunk {
-			if !started {
-				switch b {
-				case ' ', '\t', '\r', '\n':
-					continue
-				case '{':
-					started, from = true, i
-				default:
-					_, _ = r.Discard(i + 1)
-					return nil, fmt.Errorf("%w: unexpected byte %#x outside a message", ErrProtocol, b)
-				}
-			}
-			switch {
-			case inString && escaped:
-				escaped = false
-			case inString && b == '\\':
-				escaped = true
-			case inString && b == '"':
-				inString = false
-			case inString:
-			case b == '"':
-				inString = true
-			case b == '{' || b == '[':
-				depth++
-			case b == '}' || b == ']':
-				depth--
-				if depth > 0 {
-					continue
-				}
-				if len(buf)+i+1-from > max {
-					_, _ = r.Discard(i + 1)
-					return nil, fmt.Errorf("%w: message larger than %d bytes", ErrProtocol, max)
-				}
-				buf = append(buf, chunk[from:i+1]...)
-				_, _ = r.Discard(i + 1)
-				// Brackets balance; the object may still be malformed
-				// ({"a" 1}, {]).
-				if !json.Valid(buf) {
-					return nil, fmt.Errorf("%w: malformed message: %.200q", ErrProtocol, buf)
-				}
-				return buf, nil
-			}
-		}
-		if started {
-			if len(buf)+len(chunk)-from > max {
-				_, _ = r.Discard(len(chunk))
-				return nil, fmt.Errorf("%w: message larger than %d bytes", ErrProtocol, max)
-			}
-			buf = append(buf, chunk[from:]...)
-		}
-		_, _ = r.Discard(len(chunk))
+	b, err := jsonframe.Read(r, max, jsonframe.NoStop)
+	switch {
+	case err == nil:
+		return b, nil
+	case errors.Is(err, jsonframe.ErrStray), errors.Is(err, jsonframe.ErrTooLarge),
+		errors.Is(err, jsonframe.ErrMalformed), errors.Is(err, jsonframe.ErrTruncated):
+		return nil, fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
+	return nil, err
 }
 
 // msgKind tells what a QMP message is.
