@@ -395,6 +395,7 @@ func (n *Node) addVoterLocal(ctx context.Context, id, addr string) error {
 	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, until(ctx, n.cfg.ApplyTimeout)).Error(); err != nil {
 		return fmt.Errorf("cluster: add voter %s: %w", id, err)
 	}
+	n.forgetHeartbeats(id)
 	return nil
 }
 
@@ -413,7 +414,18 @@ func (n *Node) removeLocal(ctx context.Context, id string) error {
 	if err := n.raft.RemoveServer(raft.ServerID(id), 0, until(ctx, n.cfg.ApplyTimeout)).Error(); err != nil {
 		return fmt.Errorf("cluster: remove %s: %w", id, err)
 	}
+	n.forgetHeartbeats(id)
 	return nil
+}
+
+// forgetHeartbeats drops what the leader recorded of a peer's failing
+// heartbeats when the peer leaves or (re)joins: replication to it starts
+// afresh, and raft reports a resumed heartbeat only after a failure it
+// observed itself.
+func (n *Node) forgetHeartbeats(id string) {
+	n.mu.Lock()
+	delete(n.failedPeers, id)
+	n.mu.Unlock()
 }
 
 func (n *Node) forwardMembership(ctx context.Context, req forwardRequest) error {
