@@ -150,28 +150,9 @@ func DefineDomain(ctx context.Context, lv *Libvirtd, img *GuestImage, dir string
 		lv:        lv,
 	}
 
-	boot := opts.BootPath
-	if boot == "" {
-		boot = filepath.Join(dir, "boot.qcow2")
-		if err := copyFile(img.BootDisk, boot, 0o644); err != nil {
-			return nil, err
-		}
-	}
-	d.Disks = append(d.Disks, Disk{Serial: BootSerial, Path: boot, MountPoint: "/", Boot: true})
-	seen := map[string]bool{BootSerial: true}
-	for _, ds := range opts.DataDisks {
-		if !serialRE.MatchString(ds.Serial) || seen[ds.Serial] {
-			return nil, fmt.Errorf("testenv: bad or duplicate disk serial %q", ds.Serial)
-		}
-		seen[ds.Serial] = true
-		path := ds.Path
-		if path == "" {
-			path = filepath.Join(dir, ds.Serial+".qcow2")
-			if err := NewDataDisk(ctx, path, ds.SizeMiB); err != nil {
-				return nil, err
-			}
-		}
-		d.Disks = append(d.Disks, Disk{Serial: ds.Serial, Path: path, MountPoint: "/mnt/" + ds.Serial})
+	d.Disks, err = prepareDisks(ctx, img, dir, opts)
+	if err != nil {
+		return nil, err
 	}
 	for i := range d.Disks {
 		d.Disks[i].DeviceID = "ua-disk-" + d.Disks[i].Serial

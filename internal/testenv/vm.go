@@ -144,29 +144,11 @@ func LaunchVM(ctx context.Context, img *GuestImage, dir string, opts VMOptions) 
 		Image:       img,
 	}
 
-	boot := opts.BootPath
-	if boot == "" {
-		boot = filepath.Join(dir, "boot.qcow2")
-		if err := copyFile(img.BootDisk, boot, 0o644); err != nil {
-			return nil, err
-		}
+	disks, err := prepareDisks(ctx, img, dir, opts)
+	if err != nil {
+		return nil, err
 	}
-	vm.Disks = append(vm.Disks, Disk{Serial: BootSerial, Path: boot, MountPoint: "/", Boot: true})
-	seen := map[string]bool{BootSerial: true}
-	for _, d := range opts.DataDisks {
-		if !serialRE.MatchString(d.Serial) || seen[d.Serial] {
-			return nil, fmt.Errorf("testenv: bad or duplicate disk serial %q", d.Serial)
-		}
-		seen[d.Serial] = true
-		path := d.Path
-		if path == "" {
-			path = filepath.Join(dir, d.Serial+".qcow2")
-			if err := NewDataDisk(ctx, path, d.SizeMiB); err != nil {
-				return nil, err
-			}
-		}
-		vm.Disks = append(vm.Disks, Disk{Serial: d.Serial, Path: path, MountPoint: "/mnt/" + d.Serial})
-	}
+	vm.Disks = disks
 
 	args := []string{
 		"-name", vm.Name + ",process=" + Marker + "-" + vm.Name,
@@ -228,6 +210,35 @@ func LaunchVM(ctx context.Context, img *GuestImage, dir string, opts VMOptions) 
 		return nil, fmt.Errorf("testenv: VM %s not ready: %w\nqemu: %s\nserial: %s", vm.Name, err, tail(qlog, 1024), vm.SerialTail(2048))
 	}
 	return vm, nil
+}
+
+// prepareDisks creates a VM's boot volume (a copy of the image's template,
+// unless opts names one) and its data volumes in dir.
+func prepareDisks(ctx context.Context, img *GuestImage, dir string, opts VMOptions) ([]Disk, error) {
+	boot := opts.BootPath
+	if boot == "" {
+		boot = filepath.Join(dir, "boot.qcow2")
+		if err := copyFile(img.BootDisk, boot, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	disks := []Disk{{Serial: BootSerial, Path: boot, MountPoint: "/", Boot: true}}
+	seen := map[string]bool{BootSerial: true}
+	for _, d := range opts.DataDisks {
+		if !serialRE.MatchString(d.Serial) || seen[d.Serial] {
+			return nil, fmt.Errorf("testenv: bad or duplicate disk serial %q", d.Serial)
+		}
+		seen[d.Serial] = true
+		path := d.Path
+		if path == "" {
+			path = filepath.Join(dir, d.Serial+".qcow2")
+			if err := NewDataDisk(ctx, path, d.SizeMiB); err != nil {
+				return nil, err
+			}
+		}
+		disks = append(disks, Disk{Serial: d.Serial, Path: path, MountPoint: "/mnt/" + d.Serial})
+	}
+	return disks, nil
 }
 
 // NewDataDisk creates a qcow2 image of sizeMiB holding an empty ext4 file
