@@ -144,9 +144,19 @@ func encodeHello(h hello) []byte {
 	return append(b, h.sum[:]...)
 }
 
-// validID reports whether s may name a snapshot or volume on the wire.
+// validID reports whether s may name a snapshot or volume on the wire:
+// 1 to maxIDLen bytes of UTF-8 without control characters (the
+// Destination applies its own, stricter rules).
 func validID(s string) bool {
-	return s != "" && len(s) <= maxIDLen && utf8.ValidString(s)
+	if s == "" || len(s) > maxIDLen || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func decodeHello(p []byte) (hello, error) {
