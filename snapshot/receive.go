@@ -393,7 +393,10 @@ func openPart(final string, h hello) (part, prog *os.File, offset int64, err err
 		return nil, nil, 0, fmt.Errorf("%w: %w", ErrReceiver, err)
 	}
 	offset = loadProgress(prog, h)
-	if err := part.Truncate(offset); err == nil {
+	// Clear what lies past the verified offset back to a hole, then give
+	// the part file its full size.
+	err = part.Truncate(offset)
+	if err == nil {
 		err = part.Truncate(h.size)
 	}
 	if err == nil {
@@ -462,7 +465,7 @@ func hashFile(ctx context.Context, f *os.File, size int64, report func(done int6
 		m, err := f.ReadAt(buf[:n], done)
 		h.Write(buf[:m])
 		done += int64(m)
-		if err != nil && !(errors.Is(err, io.EOF) && done == size) {
+		if err != nil && (!errors.Is(err, io.EOF) || done != size) {
 			return [32]byte{}, fmt.Errorf("%w: hashing: %w", ErrReceiver, err)
 		}
 		if report != nil && done >= next {

@@ -44,7 +44,7 @@ func sparseImage(t *testing.T, size int64, extentLen int, offsets ...int64) (str
 	}
 	buf := make([]byte, extentLen)
 	for _, off := range offsets {
-		rand.Read(buf)
+		_, _ = rand.Read(buf)
 		if _, err := f.WriteAt(buf, off); err != nil {
 			t.Fatalf("write: %v", err)
 		}
@@ -85,7 +85,7 @@ func startReceiver(t *testing.T, r *Receiver, cfg *tls.Config) string {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.Serve(ctx, ln)
+		_ = r.Serve(ctx, ln)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return ln.Addr().String()
@@ -179,7 +179,7 @@ func (c *cutConn) Write(p []byte) (int, error) {
 	}
 	n, _ := c.Conn.Write(p[:c.left])
 	c.left = 0
-	c.Conn.Close()
+	_ = c.Close()
 	return n, errors.New("connection cut")
 }
 
@@ -298,8 +298,8 @@ func TestSenderGarbage(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		c.Write([]byte("SSH-2.0-OpenSSH_9.6\r\n"))
-		io.Copy(io.Discard, c)
+		_, _ = c.Write([]byte("SSH-2.0-OpenSSH_9.6\r\n"))
+		_, _ = io.Copy(io.Discard, c)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -325,7 +325,7 @@ func (c pipeConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 
 func frame(typ byte, parts ...[]byte) []byte {
 	var b bytes.Buffer
-	writeFrame(&b, typ, parts...)
+	_ = writeFrame(&b, typ, parts...)
 	return b.Bytes()
 }
 
@@ -347,10 +347,10 @@ func FuzzReceiver(f *testing.F) {
 			t.Fatalf("unclassified error: %v", err)
 		}
 		// Decoders on their own must not panic either.
-		decodeHello(in)
-		decodeResult(in)
-		decodeData(in, 0, 1<<20)
-		decodeOffset(in, 1<<20)
+		_, _ = decodeHello(in)
+		_ = decodeResult(in)
+		_, _, _ = decodeData(in, 0, 1<<20)
+		_, _ = decodeOffset(in, 1<<20)
 	})
 }
 
@@ -362,7 +362,7 @@ func BenchmarkReplicateDense(b *testing.B) {
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src")
 	data := make([]byte, size)
-	rand.Read(data)
+	_, _ = rand.Read(data)
 	if err := os.WriteFile(src, data, 0o600); err != nil {
 		b.Fatalf("write: %v", err)
 	}
@@ -376,7 +376,9 @@ func BenchmarkReplicateDense(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go NewReceiver(dirDest(filepath.Join(dir, "dst"))).Serve(ctx, tls.NewListener(ln, pki.ServerConfig(n2, pki.RoleNode)))
+	go func() {
+		_ = NewReceiver(dirDest(filepath.Join(dir, "dst"))).Serve(ctx, tls.NewListener(ln, pki.ServerConfig(n2, pki.RoleNode)))
+	}()
 	s := NewSender(&tls.Dialer{Config: pki.ClientConfig(n1, pki.RoleNode, "")}, ln.Addr().String())
 	b.SetBytes(size)
 	for i := 0; b.Loop(); i++ {
