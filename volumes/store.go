@@ -238,7 +238,7 @@ func (s *Store) Remove(id string, force bool) error {
 	defer s.chainMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, err := s.readMeta(id); err != nil && !(force && errors.Is(err, ErrCorrupt)) {
+	if _, err := s.readMeta(id); err != nil && (!force || !errors.Is(err, ErrCorrupt)) {
 		return fmt.Errorf("remove container: %w", err)
 	}
 	if !force {
