@@ -45,16 +45,11 @@ it and, when it could not be asked, the error.`,
 
 // runClusterStatus prints the cluster status.
 func runClusterStatus(ctx context.Context, g *globalOptions, opts clusterStatusOptions) error {
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	st, err := c.ClusterStatus(ctx)
 	if err != nil {
 		return fmt.Errorf("getting the cluster status: %w", err)

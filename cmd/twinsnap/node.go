@@ -42,16 +42,11 @@ and data addresses, whether they vote, and which one leads.`,
 
 // runNodeList prints the cluster members.
 func runNodeList(ctx context.Context, g *globalOptions, opts nodeListOptions) error {
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	nodes, err := c.Nodes(ctx)
 	if err != nil {
 		return fmt.Errorf("listing nodes: %w", err)
@@ -110,16 +105,11 @@ func runNodeRemove(ctx context.Context, g *globalOptions, opts nodeRemoveOptions
 			return err
 		}
 	}
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	if err := writeOutcome(ctx, c.RemoveNode(ctx, opts.id)); err != nil {
 		return fmt.Errorf("removing node %s: %w", opts.id, err)
 	}

@@ -144,6 +144,21 @@ func (g *globalOptions) withTimeout(ctx context.Context) (context.Context, conte
 	return ctx, cancel, nil
 }
 
+// connect bounds ctx by --timeout and opens the API client; done releases
+// both.
+func (g *globalOptions) connect(ctx context.Context) (context.Context, *api.Client, func(), error) {
+	ctx, cancel, err := g.withTimeout(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := g.client()
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	return ctx, c, func() { c.Close(); cancel() }, nil
+}
+
 // serverList resolves the servers from --server or TWINSNAP_SERVER.
 func (g *globalOptions) serverList() ([]string, error) {
 	raw := g.servers

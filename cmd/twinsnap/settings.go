@@ -43,16 +43,11 @@ func newSettingsShowCommand(g *globalOptions) *cobra.Command {
 
 // runSettingsShow prints the cluster settings.
 func runSettingsShow(ctx context.Context, g *globalOptions, opts settingsShowOptions) error {
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	s, err := c.Settings(ctx)
 	if err != nil {
 		return fmt.Errorf("getting the settings: %w", err)
@@ -90,16 +85,11 @@ func newSnapshotsSetCommand(g *globalOptions, enabled bool) *cobra.Command {
 
 // runSnapshotsSet turns snapshots on or off and prints the result.
 func runSnapshotsSet(ctx context.Context, g *globalOptions, opts snapshotsSetOptions) error {
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	s, err := c.SetSnapshotsEnabled(ctx, opts.enabled)
 	if err = writeOutcome(ctx, err); err != nil {
 		verb := "enabling"

@@ -162,16 +162,11 @@ func runVMRegister(ctx context.Context, g *globalOptions, opts vmRegisterOptions
 	if err != nil {
 		return err
 	}
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	vm, err := c.RegisterVM(ctx, req)
 	if err = writeOutcome(ctx, err); err != nil {
 		err = fmt.Errorf("registering VM %s: %w", opts.name, err)
@@ -213,16 +208,11 @@ the boot volume's name, and whether freezing is on (with its timeout).`,
 
 // runVMList prints the registered VMs.
 func runVMList(ctx context.Context, g *globalOptions, opts vmListOptions) error {
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	l, err := c.VMs(ctx)
 	if err != nil {
 		return fmt.Errorf("listing VMs: %w", err)
@@ -285,16 +275,11 @@ func runVMShow(ctx context.Context, g *globalOptions, opts vmShowOptions) error 
 	if opts.vm == "" {
 		return usagef("the VM name is empty")
 	}
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	vm, err := c.VM(ctx, opts.vm)
 	if err != nil {
 		return hintVMNotFound(fmt.Errorf("getting VM %s: %w", opts.vm, err))
@@ -373,16 +358,11 @@ func runVMUnregister(ctx context.Context, g *globalOptions, opts vmUnregisterOpt
 			return err
 		}
 	}
-	ctx, cancel, err := g.withTimeout(ctx)
+	ctx, c, done, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
-	c, err := g.client()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	defer done()
 	if err := writeOutcome(ctx, c.UnregisterVM(ctx, opts.vm)); err != nil {
 		err = fmt.Errorf("unregistering VM %s: %w", opts.vm, err)
 		switch {
