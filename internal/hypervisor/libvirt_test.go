@@ -133,29 +133,8 @@ func testLibvirtBlockDevices(ctx context.Context, t *testing.T, d *testenv.Domai
 	if err != nil {
 		t.Fatalf("BlockDevices: %v", err)
 	}
-	if len(devs) != len(d.Disks) {
-		t.Fatalf("BlockDevices returned %d devices, want %d: %+v", len(devs), len(d.Disks), devs)
-	}
-	pcis := map[string]bool{}
-	for _, want := range d.Disks {
-		var got *hypervisor.BlockDevice
-		for i := range devs {
-			if devs[i].Serial == want.Serial {
-				got = &devs[i]
-			}
-		}
-		if got == nil {
-			t.Fatalf("no block device with serial %s: %+v", want.Serial, devs)
-		}
-		if got.NodeName != want.NodeName || got.DeviceID != want.DeviceID || got.File != want.Path || got.Format != "qcow2" || got.PCI == nil {
-			t.Fatalf("device %s = %+v, want node %s, device %s, file %s, qcow2, a PCI address", want.Serial, *got, want.NodeName, want.DeviceID, want.Path)
-		}
-		key := fmt.Sprintf("%04x:%02x:%02x.%x", got.PCI.Domain, got.PCI.Bus, got.PCI.Slot, got.PCI.Function)
-		if pcis[key] {
-			t.Fatalf("PCI address %s appears twice", key)
-		}
-		pcis[key] = true
-		t.Logf("%-6s node %-17s device %-14s PCI %s", got.Serial, got.NodeName, got.DeviceID, key)
+	for _, got := range checkBlockDevices(t, devs, d.Disks) {
+		t.Logf("%-6s node %-17s device %-14s PCI %s", got.Serial, got.NodeName, got.DeviceID, pciString(*got.PCI))
 	}
 	// The guest's view maps onto them.
 	ga := guestagent.NewClient(m.Agent())

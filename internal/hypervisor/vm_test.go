@@ -87,36 +87,14 @@ func testBlockDevices(ctx context.Context, t *testing.T, vm *testenv.VM, m *hype
 	if err != nil {
 		t.Fatalf("BlockDevices: %v", err)
 	}
-	if len(devs) != len(vm.Disks) {
-		t.Fatalf("BlockDevices returned %d devices, want %d: %+v", len(devs), len(vm.Disks), devs)
-	}
-	pcis := map[string]bool{}
-	for _, want := range vm.Disks {
-		var got *hypervisor.BlockDevice
-		for i := range devs {
-			if devs[i].Serial == want.Serial {
-				got = &devs[i]
-			}
+	for _, got := range checkBlockDevices(t, devs, vm.Disks) {
+		if got.TopNode != got.NodeName || got.ReadOnly {
+			t.Fatalf("device %s = %+v: want no filter above the format node, writable", got.Serial, got)
 		}
-		if got == nil {
-			t.Fatalf("no block device with serial %s: %+v", want.Serial, devs)
+		if got.Serial != testenv.BootSerial && got.VirtualSize != 64<<20 {
+			t.Fatalf("device %s: virtual size %d, want 64 MiB", got.Serial, got.VirtualSize)
 		}
-		if got.NodeName != want.NodeName || got.TopNode != want.NodeName || got.DeviceID != want.DeviceID ||
-			got.File != want.Path || got.Format != "qcow2" || got.ReadOnly {
-			t.Fatalf("device %s = %+v, want node %s, device %s, file %s, qcow2", want.Serial, *got, want.NodeName, want.DeviceID, want.Path)
-		}
-		if !want.Boot && got.VirtualSize != 64<<20 {
-			t.Fatalf("device %s: virtual size %d, want 64 MiB", want.Serial, got.VirtualSize)
-		}
-		if got.PCI == nil {
-			t.Fatalf("device %s has no PCI address", want.Serial)
-		}
-		key := pciString(*got.PCI)
-		if pcis[key] {
-			t.Fatalf("PCI address %s appears twice", key)
-		}
-		pcis[key] = true
-		t.Logf("%-6s node %-10s device %-11s PCI %s qdev %s", got.Serial, got.NodeName, got.DeviceID, key, got.QOMPath)
+		t.Logf("%-6s node %-10s device %-11s PCI %s qdev %s", got.Serial, got.NodeName, got.DeviceID, pciString(*got.PCI), got.QOMPath)
 	}
 
 	// The guest's view: the disks behind /mnt/data1 and /mnt/data2
@@ -149,6 +127,39 @@ func testBlockDevices(ctx context.Context, t *testing.T, vm *testenv.VM, m *hype
 	if !seen["/mnt/data1"] || !seen["/mnt/data2"] {
 		t.Fatalf("guest file systems matched: %v; want /mnt/data1 and /mnt/data2 (fsinfo %+v)", seen, fsinfo)
 	}
+}
+
+// checkBlockDevices fails the test unless devs holds exactly the test VM's
+// disks, each with its node name, device id, file, qcow2 format and a PCI
+// address of its own; it returns the device of each disk, in disk order.
+func checkBlockDevices(t *testing.T, devs []hypervisor.BlockDevice, disks []testenv.Disk) []hypervisor.BlockDevice {
+	t.Helper()
+	if len(devs) != len(disks) {
+		t.Fatalf("BlockDevices returned %d devices, want %d: %+v", len(devs), len(disks), devs)
+	}
+	pcis := map[string]bool{}
+	var out []hypervisor.BlockDevice
+	for _, want := range disks {
+		var got *hypervisor.BlockDevice
+		for i := range devs {
+			if devs[i].Serial == want.Serial {
+				got = &devs[i]
+			}
+		}
+		if got == nil {
+			t.Fatalf("no block device with serial %s: %+v", want.Serial, devs)
+		}
+		if got.NodeName != want.NodeName || got.DeviceID != want.DeviceID || got.File != want.Path || got.Format != "qcow2" || got.PCI == nil {
+			t.Fatalf("device %s = %+v, want node %s, device %s, file %s, qcow2, a PCI address", want.Serial, *got, want.NodeName, want.DeviceID, want.Path)
+		}
+		key := pciString(*got.PCI)
+		if pcis[key] {
+			t.Fatalf("PCI address %s appears twice", key)
+		}
+		pcis[key] = true
+		out = append(out, *got)
+	}
+	return out
 }
 
 func pciString(a guestagent.PCIAddress) string {
