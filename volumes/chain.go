@@ -97,7 +97,8 @@ func (s *Store) RemoveFromChain(ctx context.Context, id, path string) error {
 		if newBacking == "" {
 			args = append(args, "-b", "")
 		} else {
-			args = append(args, "-b", newBacking, "-F", "qcow2")
+			// Relative to the child's directory, as CreateTarget records it.
+			args = append(args, "-b", filepath.Base(newBacking), "-F", "qcow2")
 		}
 		if _, err := run(ctx, append(args, kid)...); err != nil {
 			return fmt.Errorf("remove image %s: merging into child %s: %w", abs, kid, err)

@@ -118,7 +118,10 @@ func (s *Store) CreateTarget(ctx context.Context, id, snapshotID string, size in
 		if _, err := os.Stat(b); err != nil {
 			return "", fmt.Errorf("create image %s/%s: backing %s: %w", id, snapshotID, b, errors.Join(ErrNotFound, err))
 		}
-		args = append(args, "-b", b, "-F", "qcow2")
+		// The backing file is recorded by its name alone, relative to the
+		// image's directory, so that a replica on the peer (whose store
+		// root differs) resolves it to its own copy of the parent.
+		args = append(args, "-b", filepath.Base(b), "-F", "qcow2")
 	}
 	args = append(args, path)
 	if size > 0 {
