@@ -38,6 +38,10 @@ type SnapshotVolume struct {
 	// ParentID is the snapshot this one is incremental to for this volume
 	// (through the volume's persistent dirty bitmap); empty for a full copy.
 	ParentID string `json:"parent_id,omitempty"`
+	// FullReason says why the volume is captured in full (the first
+	// snapshot, a lost or invalid dirty bitmap, a raw volume); empty with a
+	// parent.
+	FullReason string `json:"full_reason,omitempty"`
 	// EstimatedBytes is the space the snapshot data of this volume is
 	// expected to take; it is reserved in the volume's container on every
 	// data node until the capture reports the real size.
@@ -53,7 +57,8 @@ type SnapshotCreated struct {
 	ID string `json:"id"`
 	// VMID is the VM the snapshot is of.
 	VMID string `json:"vm_id"`
-	// Name is the snapshot's name, unique among the VM's live snapshots.
+	// Name is the snapshot's name; it defaults to the VM's name and need
+	// not be unique.
 	Name string `json:"name"`
 	// Description is optional free text.
 	Description string `json:"description,omitempty"`
@@ -119,6 +124,12 @@ func (c SnapshotCreated) Validate() error {
 		if v.ParentID == c.ID {
 			return invalid(idx("volumes", i, "parent_id"), "a snapshot cannot be its own parent")
 		}
+		if v.ParentID != "" && v.FullReason != "" {
+			return invalid(idx("volumes", i, "full_reason"), "an incremental capture has no full reason")
+		}
+		if err := checkText(idx("volumes", i, "full_reason"), v.FullReason, MaxDescriptionLen); err != nil {
+			return err
+		}
 		if err := checkBytes(idx("volumes", i, "estimated_bytes"), v.EstimatedBytes, 0); err != nil {
 			return err
 		}
@@ -148,6 +159,71 @@ type VolumeData struct {
 	StoredBytes int64 `json:"stored_bytes"`
 	// SHA256 is the hex SHA-256 of the snapshot data.
 	SHA256 string `json:"sha256"`
+}
+
+// Configuration kinds of a captured VM.
+const (
+	// ConfigLibvirtXML is a libvirt domain's XML description.
+	ConfigLibvirtXML = "libvirt-domain-xml"
+	// ConfigQEMULaunch is a bare QEMU VM's launch spec (binary and
+	// arguments, as JSON).
+	ConfigQEMULaunch = "qemu-launch-spec"
+	// MaxConfigLen is the largest captured configuration, in bytes.
+	MaxConfigLen = 1 << 20
+)
+
+// FileData describes a small file stored with a snapshot on a node.
+type FileData struct {
+	// SizeBytes is the file's length.
+	SizeBytes int64 `json:"size_bytes"`
+	// SHA256 is the hex SHA-256 of its bytes.
+	SHA256 string `json:"sha256"`
+}
+
+func (f *FileData) validate(field string) error {
+	if f == nil {
+		return nil
+	}
+	if err := checkBytes(field+".size_bytes", f.SizeBytes, 1); err != nil {
+		return err
+	}
+	return checkSHA256(field+".sha256", f.SHA256)
+}
+
+// CapturedConfig is the VM's own configuration as the capture found it.
+type CapturedConfig struct {
+	// Kind is ConfigLibvirtXML or ConfigQEMULaunch.
+	Kind string `json:"kind"`
+	// Text is the domain XML or the launch spec's JSON.
+	Text string `json:"text"`
+	// UEFIVars describes the copy of the VM's UEFI variable store (OVMF
+	// VARS), stored and replicated beside the images; nil for a BIOS VM.
+	UEFIVars *FileData `json:"uefi_vars,omitempty"`
+}
+
+func (c *CapturedConfig) validate() error {
+	if c == nil {
+		return nil
+	}
+	if c.Kind != ConfigLibvirtXML && c.Kind != ConfigQEMULaunch {
+		return invalid("config.kind", "%q is not %s or %s", c.Kind, ConfigLibvirtXML, ConfigQEMULaunch)
+	}
+	if c.Text == "" || len(c.Text) > MaxConfigLen {
+		return invalid("config.text", "%d bytes, want 1 to %d", len(c.Text), MaxConfigLen)
+	}
+	return c.UEFIVars.validate("config.uefi_vars")
+}
+
+// MergedImage reports that reclaiming a snapshot's image of a volume
+// merged it into a child snapshot's image on the reclaiming node, which
+// rewrote the child's file (the guest view is unchanged).
+type MergedImage struct {
+	// SnapshotID is the child snapshot; VolumeID the volume.
+	SnapshotID string `json:"snapshot_id"`
+	VolumeID   string `json:"volume_id"`
+	// StoredBytes and SHA256 describe the child's rewritten file.
+	StoredBytes int64  `json:"stored_bytes"`
+	SHA256      string `json:"sha256"`
 }
 
 func validateVolumeData(vols []VolumeData) error {
@@ -199,6 +275,9 @@ type SnapshotCaptured struct {
 	Verified bool `json:"verified"`
 	// CapturedAt is when the capture was taken (the freeze window).
 	CapturedAt time.Time `json:"captured_at"`
+	// Config is the VM's own configuration; nil when it could not be read
+	// (the snapshot then holds only the volumes and the VM record).
+	Config *CapturedConfig `json:"config,omitempty"`
 }
 
 // Type implements Command.
@@ -227,6 +306,9 @@ func (c SnapshotCaptured) Validate() error {
 	if err := checkTime("captured_at", c.CapturedAt); err != nil {
 		return err
 	}
+	if err := c.Config.validate(); err != nil {
+		return err
+	}
 	return validateVolumeData(c.Volumes)
 }
 
@@ -244,6 +326,9 @@ type ReplicaWritten struct {
 	Volumes []VolumeData `json:"volumes"`
 	// Verified says the node re-read the data and checked its SHA-256.
 	Verified bool `json:"verified"`
+	// UEFIVars describes the node's copy of the UEFI variables, when the
+	// capture has them; it must match the capture's.
+	UEFIVars *FileData `json:"uefi_vars,omitempty"`
 	// At is when the replica was written.
 	At time.Time `json:"at"`
 }
@@ -263,6 +348,9 @@ func (c ReplicaWritten) Validate() error {
 		return err
 	}
 	if err := checkTime("at", c.At); err != nil {
+		return err
+	}
+	if err := c.UEFIVars.validate("uefi_vars"); err != nil {
 		return err
 	}
 	return validateVolumeData(c.Volumes)
@@ -396,6 +484,9 @@ type ReplicaReclaimed struct {
 	Term uint64 `json:"term"`
 	// Node is the node that reclaimed.
 	Node string `json:"node"`
+	// Merged lists the children whose images absorbed the reclaimed
+	// snapshot's data on Node (deleting the middle of a chain).
+	Merged []MergedImage `json:"merged,omitempty"`
 	// At is when the space was freed.
 	At time.Time `json:"at"`
 }
@@ -413,6 +504,23 @@ func (c ReplicaReclaimed) Validate() error {
 	}
 	if err := checkID("node", c.Node); err != nil {
 		return err
+	}
+	if len(c.Merged) > MaxVolumes {
+		return invalid("merged", "%d entries, at most %d", len(c.Merged), MaxVolumes)
+	}
+	for i, m := range c.Merged {
+		if err := checkID(idx("merged", i, "snapshot_id"), m.SnapshotID); err != nil {
+			return err
+		}
+		if err := checkID(idx("merged", i, "volume_id"), m.VolumeID); err != nil {
+			return err
+		}
+		if err := checkBytes(idx("merged", i, "stored_bytes"), m.StoredBytes, 0); err != nil {
+			return err
+		}
+		if err := checkSHA256(idx("merged", i, "sha256"), m.SHA256); err != nil {
+			return err
+		}
 	}
 	return checkTime("at", c.At)
 }

@@ -73,9 +73,6 @@ func applySnapshotCreated(c *applyCtx, cmd *command.SnapshotCreated) error {
 	if cmd.Coordinator != vm.HostNode {
 		return fmt.Errorf("%w: coordinator %q is not VM %q's host %q", ErrInvalid, cmd.Coordinator, vm.ID, vm.HostNode)
 	}
-	if other, ok := d.snapNames[vm.ID][cmd.Name]; ok {
-		return fmt.Errorf("snapshot name %q of VM %q (snapshot %q): %w", cmd.Name, vm.ID, other, ErrExists)
-	}
 	for _, id := range sortedSet(d.snapsByVM[vm.ID]) {
 		if d.snapshots.get(id).State == Creating {
 			return fmt.Errorf("%w: VM %q is being captured by snapshot %q", ErrInUse, vm.ID, id)
@@ -131,7 +128,7 @@ func applySnapshotCreated(c *applyCtx, cmd *command.SnapshotCreated) error {
 	}
 	for _, v := range cmd.Volumes {
 		sn.Volumes = append(sn.Volumes, SnapshotVolume{
-			VolumeID: v.VolumeID, ParentID: v.ParentID,
+			VolumeID: v.VolumeID, ParentID: v.ParentID, FullReason: v.FullReason,
 			EstimatedBytes: v.EstimatedBytes, ChargedBytes: v.EstimatedBytes,
 		})
 		for _, node := range nodes {
@@ -184,9 +181,20 @@ func applySnapshotCaptured(c *applyCtx, cmd *command.SnapshotCaptured) error {
 		return err
 	}
 
+	if sn.Config.Driver == command.DriverLibvirt && cmd.Config != nil && cmd.Config.Kind != command.ConfigLibvirtXML {
+		return fmt.Errorf("%w: a libvirt VM's configuration is its domain XML, not %q", ErrInvalid, cmd.Config.Kind)
+	}
 	n := sn.clone()
 	n.State = Partial
 	n.Achieved = cmd.Achieved
+	if cmd.Config != nil {
+		cfg := *cmd.Config
+		if cfg.UEFIVars != nil {
+			v := *cfg.UEFIVars
+			cfg.UEFIVars = &v
+		}
+		n.Captured = &cfg
+	}
 	n.StepDownReason = cmd.StepDownReason
 	n.CapturedAt = cmd.CapturedAt.UTC()
 	n.UpdatedIndex = c.index
@@ -200,7 +208,8 @@ func applySnapshotCaptured(c *applyCtx, cmd *command.SnapshotCaptured) error {
 	}
 	n.setReplica(Replica{
 		Node: cmd.Node, Verified: true, Volumes: slices.Clone(cmd.Volumes),
-		At: cmd.CapturedAt.UTC(), Index: c.index,
+		UEFIVars: uefiVars(cmd.Config),
+		At:       cmd.CapturedAt.UTC(), Index: c.index,
 	})
 	d.snapshots.put(n.ID, &n)
 	return nil
@@ -233,10 +242,18 @@ func applyReplicaWritten(c *applyCtx, cmd *command.ReplicaWritten) error {
 		}
 	}
 
+	if want := uefiVars(sn.Captured); (want == nil) != (cmd.UEFIVars == nil) || (want != nil && *want != *cmd.UEFIVars) {
+		return fmt.Errorf("%w: UEFI variables of snapshot %q on node %q do not match the capture's", ErrChecksumMismatch, sn.ID, cmd.Node)
+	}
 	n := sn.clone()
+	var vars *command.FileData
+	if cmd.UEFIVars != nil {
+		v := *cmd.UEFIVars
+		vars = &v
+	}
 	n.setReplica(Replica{
 		Node: cmd.Node, Verified: cmd.Verified, Volumes: slices.Clone(cmd.Volumes),
-		At: cmd.At.UTC(), Index: c.index,
+		UEFIVars: vars, At: cmd.At.UTC(), Index: c.index,
 	})
 	n.UpdatedIndex = c.index
 	if len(d.survivingReplicas(&n, nil)) >= MaxDataNodes {
@@ -358,6 +375,11 @@ func applyReplicaReclaimed(c *applyCtx, cmd *command.ReplicaReclaimed) error {
 	if !slices.Contains(sn.Reclaim, cmd.Node) {
 		return fmt.Errorf("%w: node %q has nothing to reclaim for snapshot %q", ErrInvalidTransition, cmd.Node, sn.ID)
 	}
+	for _, m := range cmd.Merged {
+		if err := c.mergedInto(sn, cmd.Node, m); err != nil {
+			return err
+		}
+	}
 	n := sn.clone()
 	for _, v := range n.Volumes {
 		c.charge(v.VolumeID, cmd.Node, -v.ChargedBytes)
@@ -422,4 +444,48 @@ func (c *applyCtx) gone(n *Snapshot) {
 		}
 	}
 	c.affected = append(c.affected, n.ID)
+}
+
+// uefiVars returns the UEFI variables file a capture recorded, or nil.
+func uefiVars(cfg *command.CapturedConfig) *command.FileData {
+	if cfg == nil || cfg.UEFIVars == nil {
+		return nil
+	}
+	v := *cfg.UEFIVars
+	return &v
+}
+
+// mergedInto records that node merged the reclaimed snapshot sn's image of
+// a volume into a child snapshot's image: the child's replica on node now
+// holds a rewritten file (new checksum and size) with the same guest view.
+func (c *applyCtx) mergedInto(sn *Snapshot, node string, m command.MergedImage) error {
+	child := c.d.snapshots.get(m.SnapshotID)
+	if child == nil {
+		return fmt.Errorf("merged child snapshot %q: %w", m.SnapshotID, ErrNotFound)
+	}
+	cv := child.volume(m.VolumeID)
+	if cv == nil || cv.ParentID != sn.ID || child.VMID != sn.VMID {
+		return fmt.Errorf("%w: snapshot %q volume %q is not a child of snapshot %q", ErrInvalid, m.SnapshotID, m.VolumeID, sn.ID)
+	}
+	r, ok := child.Replica(node)
+	if !ok {
+		return fmt.Errorf("%w: snapshot %q has no replica on node %q", ErrInvalid, m.SnapshotID, node)
+	}
+	n := child.clone()
+	for i := range r.Volumes {
+		if r.Volumes[i].VolumeID != m.VolumeID {
+			continue
+		}
+		delta := m.StoredBytes - r.Volumes[i].StoredBytes
+		for j := range n.Replicas {
+			if n.Replicas[j].Node == node {
+				n.Replicas[j].Volumes[i].StoredBytes = m.StoredBytes
+				n.Replicas[j].Volumes[i].SHA256 = m.SHA256
+			}
+		}
+		c.charge(m.VolumeID, node, delta)
+	}
+	n.UpdatedIndex = c.index
+	c.d.snapshots.put(n.ID, &n)
+	return nil
 }

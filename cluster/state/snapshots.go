@@ -41,6 +41,10 @@ type SnapshotVolume struct {
 	// ParentID is the snapshot this one is incremental to for this volume;
 	// when that parent is gone it is merged and ParentID moves to its parent.
 	ParentID string `json:"parent_id,omitempty"`
+	// FullReason says why the volume was captured in full (the first
+	// snapshot, a lost or invalid dirty bitmap, a raw volume); empty for an
+	// incremental capture.
+	FullReason string `json:"full_reason,omitempty"`
 	// EstimatedBytes is the size estimate space was reserved for.
 	EstimatedBytes int64 `json:"estimated_bytes"`
 	// SizeBytes is the volume's virtual size at capture.
@@ -62,6 +66,8 @@ type Replica struct {
 	Verified bool `json:"verified"`
 	// Volumes describe the data written.
 	Volumes []command.VolumeData `json:"volumes"`
+	// UEFIVars describes the copy of the VM's UEFI variables, if it has any.
+	UEFIVars *command.FileData `json:"uefi_vars,omitempty"`
 	// At is when it was written.
 	At time.Time `json:"at"`
 	// Index is the log index that recorded it.
@@ -92,7 +98,8 @@ type Snapshot struct {
 	ID string `json:"id"`
 	// VMID is the VM it is of.
 	VMID string `json:"vm_id"`
-	// Name is unique among the VM's snapshots that are not discarded.
+	// Name names the snapshot for people; it defaults to the VM's name and
+	// need not be unique.
 	Name string `json:"name"`
 	// Description is optional free text.
 	Description string `json:"description,omitempty"`
@@ -120,6 +127,10 @@ type Snapshot struct {
 	Replicas []Replica `json:"replicas,omitempty"`
 	// Config is the VM's description when the snapshot was started.
 	Config command.VM `json:"config"`
+	// Captured is the VM's own configuration as the capture found it
+	// (libvirt domain XML or QEMU launch spec, UEFI variables); set on
+	// reaching partial.
+	Captured *command.CapturedConfig `json:"captured,omitempty"`
 	// CapturedAt is when the capture was taken; set on reaching partial.
 	CapturedAt time.Time `json:"captured_at,omitzero"`
 	// CompletedAt is when the second replica was written; set on complete.
@@ -147,6 +158,18 @@ func (sn *Snapshot) clone() Snapshot {
 	n.Replicas = slices.Clone(sn.Replicas)
 	for i := range n.Replicas {
 		n.Replicas[i].Volumes = slices.Clone(n.Replicas[i].Volumes)
+		if v := n.Replicas[i].UEFIVars; v != nil {
+			c := *v
+			n.Replicas[i].UEFIVars = &c
+		}
+	}
+	if sn.Captured != nil {
+		c := *sn.Captured
+		if c.UEFIVars != nil {
+			v := *c.UEFIVars
+			c.UEFIVars = &v
+		}
+		n.Captured = &c
 	}
 	n.Config = (&VM{VM: sn.Config}).clone().VM
 	if sn.Discard != nil {

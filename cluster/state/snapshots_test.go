@@ -55,7 +55,7 @@ func TestSnapshotCreatedRefused(t *testing.T) {
 
 	h.ok(mk(func(*command.SnapshotCreated) {}))
 	h.refused(mk(func(*command.SnapshotCreated) {}), ErrExists)
-	h.refused(mk(func(c *command.SnapshotCreated) { c.ID = "s2" }), ErrExists)                                          // same name
+	h.refused(mk(func(c *command.SnapshotCreated) { c.ID = "s2" }), ErrInUse)                                           // same name is fine, but a capture is in progress
 	h.refused(mk(func(c *command.SnapshotCreated) { c.ID, c.Name = "s2", "other" }), ErrInUse)                          // capture in progress
 	h.refused(mk(func(c *command.SnapshotCreated) { c.ID, c.Name, c.Volumes[0].ParentID = "s2", "b", "s1" }), ErrInUse) // still in progress
 
