@@ -41,6 +41,10 @@ type VMRegisterRequest struct {
 	// FreezeTimeoutMS bounds freeze, capture and thaw together; default
 	// 10000.
 	FreezeTimeoutMS int64 `json:"freeze_timeout_ms,omitempty"`
+	// ContainerPercent sizes each volume's container on every data node
+	// as a percentage of the volume's virtual size: 100 holds the volume
+	// alone, the default 300 leaves twice its size for snapshot data.
+	ContainerPercent int `json:"container_percent,omitempty"`
 }
 
 // QuiesceCheckRequest is the body of POST /v1/vms/{id}/quiesce-check: freeze
