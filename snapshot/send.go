@@ -64,6 +64,9 @@ type Sender struct {
 	// IOTimeout bounds each write and each wait for a reply. Default one
 	// minute.
 	IOTimeout time.Duration
+	// Progress, if set, is called as the transfer moves: with the offset
+	// below which the image has been read and sent (or skipped as a hole).
+	Progress func(img Image, offset int64)
 }
 
 // NewSender returns a Sender that dials addr through d (for production a
@@ -184,6 +187,9 @@ func (s *Sender) send(ctx context.Context, img Image, st *SendStats) error {
 			}
 			off += int64(m)
 			n -= int64(m)
+			if s.Progress != nil {
+				s.Progress(img, off)
+			}
 		}
 		return nil
 	})
