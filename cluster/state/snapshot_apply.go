@@ -332,12 +332,15 @@ func applySnapshotDeleteRequested(c *applyCtx, cmd *command.SnapshotDeleteReques
 	}
 	for _, id := range sortedSet(d.snapsByVM[sn.VMID]) {
 		child := d.snapshots.get(id)
-		if child.State != Creating {
+		if child.State != Creating && child.State != Partial {
 			continue
 		}
+		// Deleting merges the snapshot into its children on every node;
+		// a child must be whole on both nodes first, so that both merge
+		// the same images.
 		for _, v := range child.Volumes {
 			if v.ParentID == sn.ID {
-				return fmt.Errorf("%w: snapshot %q is being captured on top of snapshot %q", ErrInUse, child.ID, sn.ID)
+				return fmt.Errorf("%w: snapshot %q, built on snapshot %q, is still %s", ErrInUse, child.ID, sn.ID, child.State)
 			}
 		}
 	}

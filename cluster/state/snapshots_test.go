@@ -208,6 +208,8 @@ func TestSnapshotDeleteRequestedRefused(t *testing.T) {
 	h.ok(c)
 	h.refused(del, ErrInUse) // a capture builds on it
 	h.ok(captured("s2", 1, gib, "vol-1"))
+	h.refused(del, ErrInUse) // the child is only partial
+	h.ok(replica("s2", 1, "node-b", gib, "vol-1"))
 	h.refused(&command.SnapshotDeleteRequested{ID: "s9", Term: 1, Requester: "admin", At: t0}, ErrNotFound)
 	h.refused(&command.SnapshotDeleteRequested{ID: "s1", Term: 1, At: t0}, ErrInvalid)
 	h.ok(del)

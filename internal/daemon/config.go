@@ -23,6 +23,9 @@ type Config struct {
 	// DataDir holds the Raft log, state checkpoints and (on data nodes)
 	// snapshot data.
 	DataDir string `toml:"data_dir"`
+	// Storage is the storage path of the volume containers on a data
+	// node; default <data_dir>/volumes.
+	Storage string `toml:"storage"`
 
 	Listen    Addresses `toml:"listen"`
 	Advertise Addresses `toml:"advertise"`
