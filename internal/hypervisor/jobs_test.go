@@ -54,6 +54,7 @@ func TestTransactionJSON(t *testing.T) {
 		hypervisor.BitmapRemove("vol-a", "ts-x"),
 		hypervisor.BlockdevBackup("j1", "vol-a", "tgt-a", hypervisor.SyncIncremental, "ts-0", 1<<20, false, false),
 		hypervisor.DriveBackup("j2", "vol-b", "/t/b.qcow2", "qcow2", hypervisor.ModeExisting, hypervisor.SyncFull, "", 0, true, true),
+		hypervisor.BlockdevBackupBitmap("j3", "vol-c", "tgt-c", "ts-2", hypervisor.BitmapModeNever, 1, true, false),
 	}, &hypervisor.TransactionProps{CompletionMode: hypervisor.CompletionIndividual})
 	if err != nil {
 		t.Fatalf("Transaction: %v", err)
@@ -63,7 +64,8 @@ func TestTransactionJSON(t *testing.T) {
 		`{"type":"block-dirty-bitmap-clear","data":{"node":"vol-a","name":"ts-0"}},` +
 		`{"type":"block-dirty-bitmap-remove","data":{"node":"vol-a","name":"ts-x"}},` +
 		`{"type":"blockdev-backup","data":{"job-id":"j1","device":"vol-a","target":"tgt-a","sync":"incremental","bitmap":"ts-0","speed":1048576,"auto-finalize":false,"auto-dismiss":false}},` +
-		`{"type":"drive-backup","data":{"job-id":"j2","device":"vol-b","target":"/t/b.qcow2","format":"qcow2","mode":"existing","sync":"full","auto-finalize":true,"auto-dismiss":true}}],` +
+		`{"type":"drive-backup","data":{"job-id":"j2","device":"vol-b","target":"/t/b.qcow2","format":"qcow2","mode":"existing","sync":"full","auto-finalize":true,"auto-dismiss":true}},` +
+		`{"type":"blockdev-backup","data":{"job-id":"j3","device":"vol-c","target":"tgt-c","sync":"bitmap","bitmap":"ts-2","bitmap-mode":"never","speed":1,"auto-finalize":true,"auto-dismiss":false}}],` +
 		`"properties":{"completion-mode":"individual"}}`
 	if got := string(<-txns); got != want {
 		t.Fatalf("transaction on the wire:\n got %s\nwant %s", got, want)

@@ -13,10 +13,29 @@ const (
 	// SyncIncremental copies what the bitmap marks dirty; on success the
 	// bitmap is cleared and goes on recording from the job's start.
 	SyncIncremental = "incremental"
+	// SyncBitmap copies what the bitmap marks dirty, and treats the
+	// bitmap as its BitmapMode says.
+	SyncBitmap = "bitmap"
 	// SyncTop copies only what the top image allocates.
 	SyncTop = "top"
 	// SyncNone copies only what the guest overwrites while the job runs.
 	SyncNone = "none"
+)
+
+// Bitmap sync modes of a SyncBitmap backup (QEMU's BitmapSyncMode): what
+// the job does to its bitmap when it ends. While the job runs, QEMU
+// records the guest's writes in a successor of the bitmap (the bitmap is
+// busy); when the job ends the successor either replaces the bitmap or is
+// merged back into it.
+const (
+	// BitmapModeNever leaves the bitmap's content as it was, plus the
+	// writes during the job: the job only reads it.
+	BitmapModeNever = "never"
+	// BitmapModeOnSuccess clears the bitmap to the writes since the job
+	// started if the job succeeds (what SyncIncremental does).
+	BitmapModeOnSuccess = "on-success"
+	// BitmapModeAlways clears what the job copied, even if it failed.
+	BitmapModeAlways = "always"
 )
 
 // Transaction completion modes (QEMU's ActionCompletionMode).
@@ -112,6 +131,8 @@ func BitmapClear(node, name string) Action {
 }
 
 // BitmapRemove removes a dirty bitmap (from the image too, if persistent).
+// A transaction refuses it for a bitmap that does not exist or that a job
+// is using (busy); RemoveBitmaps checks the first.
 func BitmapRemove(node, name string) Action {
 	return Action{Type: "block-dirty-bitmap-remove", Data: bitmapRef{Node: node, Name: name}}
 }
@@ -129,6 +150,8 @@ type BackupData struct {
 	Mode   string `json:"mode,omitempty"`
 	Sync   string `json:"sync"`
 	Bitmap string `json:"bitmap,omitempty"`
+	// BitmapMode is a SyncBitmap job's BitmapMode* value.
+	BitmapMode string `json:"bitmap-mode,omitempty"`
 	// Speed limits the job in bytes per second; zero is unlimited.
 	Speed        int64 `json:"speed,omitempty"`
 	AutoFinalize bool  `json:"auto-finalize"`
@@ -145,6 +168,20 @@ type BackupData struct {
 func BlockdevBackup(jobID, device, target, sync, bitmap string, speed int64, autoFinalize, autoDismiss bool) Action {
 	return Action{Type: "blockdev-backup", Data: BackupData{
 		JobID: jobID, Device: device, Target: target, Sync: sync, Bitmap: bitmap,
+		Speed: speed, AutoFinalize: autoFinalize, AutoDismiss: autoDismiss,
+	}}
+}
+
+// BlockdevBackupBitmap starts a backup job jobID copying what bitmap (a
+// dirty bitmap on device) marks dirty from device to the node target
+// (sync SyncBitmap), treating the bitmap as bitmapMode says: with
+// BitmapModeNever QEMU only reads it, whether the job succeeds, fails or
+// is cancelled. speed, autoFinalize and autoDismiss are as for
+// BlockdevBackup. QEMU 7.2 takes it in a transaction with
+// block-dirty-bitmap-add (completion-mode individual).
+func BlockdevBackupBitmap(jobID, device, target, bitmap, bitmapMode string, speed int64, autoFinalize, autoDismiss bool) Action {
+	return Action{Type: "blockdev-backup", Data: BackupData{
+		JobID: jobID, Device: device, Target: target, Sync: SyncBitmap, Bitmap: bitmap, BitmapMode: bitmapMode,
 		Speed: speed, AutoFinalize: autoFinalize, AutoDismiss: autoDismiss,
 	}}
 }
