@@ -34,17 +34,26 @@ const ThrottledSpeed = 1
 // Nothing was captured; see CaptureResult for what was cleaned up.
 var ErrCapture = errors.New("hypervisor: capture failed")
 
+// ErrBitmapInvalid: a dirty bitmap cannot serve as asked. For a capture:
+// the bitmap of an incremental capture is not persistent, does not
+// record writes, is busy (a job uses it: a capture in progress, or a
+// stale one that CleanupStale removes) or is inconsistent (QEMU stopped
+// without storing it), so it may not mark every write since its capture
+// (take a full capture); or a NewBitmap already exists. For
+// RemoveBitmaps: a bitmap to remove is busy.
+var ErrBitmapInvalid = errors.New("hypervisor: dirty bitmap unusable")
+
 // CaptureMode says how much of a volume a capture copies.
 type CaptureMode string
 
 // Capture modes.
 const (
-	// CaptureFull copies the whole volume and, when a bitmap is named,
-	// starts it (adds it, or clears it if it exists) in the same
-	// transaction, so that it records the writes after this capture.
+	// CaptureFull copies the whole volume.
 	CaptureFull CaptureMode = "full"
-	// CaptureIncremental copies what the volume's bitmap marks dirty; on
-	// success QEMU resets the bitmap to the writes after the job started.
+	// CaptureIncremental copies what the parent capture's bitmap
+	// (CaptureVolume.Bitmap) marks dirty: the writes since the parent's
+	// point in time. The job only reads the bitmap (blockdev-backup sync
+	// "bitmap", bitmap-mode "never").
 	CaptureIncremental CaptureMode = "incremental"
 )
 
@@ -71,10 +80,29 @@ type CaptureVolume struct {
 	TargetFormat string
 	// Mode is CaptureFull or CaptureIncremental.
 	Mode CaptureMode
-	// Bitmap is the persistent dirty bitmap on the volume's node that
-	// records the writes since the last capture: required for an
-	// incremental capture (QEMU must have it), optional for a full one.
+	// Bitmap, for an incremental capture only (a full one must leave it
+	// empty), names the dirty bitmap on the volume's node that the parent
+	// capture added (its NewBitmap): it marks the writes since the
+	// parent's point in time, and the job copies what it marks. It must
+	// exist (else ErrNotFound) and be persistent, recording, neither busy
+	// nor inconsistent (else ErrBitmapInvalid), checked before the
+	// freeze. Capture never changes or removes it: the job reads it with
+	// bitmap-mode "never", so a capture that fails, or whose job finishes
+	// in QEMU after its daemon died, leaves it as it was, still
+	// recording. The caller removes it (RemoveBitmaps) once no later
+	// capture will start from it.
 	Bitmap string
+	// NewBitmap names the persistent dirty bitmap that the transaction
+	// adds to the volume's node at this capture's point in time, so that
+	// it records the writes after it: the Bitmap of an incremental
+	// capture on top of this one. Required for an incremental capture,
+	// optional for a full one; it must not exist yet (else
+	// ErrBitmapInvalid before the freeze). When Capture fails it removes
+	// NewBitmap if the transaction may have added it. Callers name it
+	// after the snapshot ("twinsnap-<snapshot id>"), so that a bitmap
+	// that outlives a crash can be matched to a kept snapshot or removed
+	// (see CleanupStale); Capture does not look at the name.
+	NewBitmap string
 }
 
 // CaptureRequest is what Capture is asked to do.
@@ -112,10 +140,13 @@ type VolumeResult struct {
 	TargetNode string      `json:"target_node"`
 	JobID      string      `json:"job_id"`
 	Mode       CaptureMode `json:"mode"`
-	Bitmap     string      `json:"bitmap,omitempty"`
-	// BitmapAction is what the transaction did to the bitmap: "add" or
-	// "clear" (full), "sync" (incremental), or "" (none).
-	BitmapAction string `json:"bitmap_action,omitempty"`
+	// Bitmap is the bitmap an incremental capture copied through (left
+	// as it was). NewBitmap is the bitmap the transaction added: after a
+	// successful capture it records the writes since this capture; after
+	// a failed one Capture removed it (or its error says why it could
+	// not).
+	Bitmap    string `json:"bitmap,omitempty"`
+	NewBitmap string `json:"new_bitmap,omitempty"`
 	// Bytes and Total are the job's progress when it ended (query-jobs):
 	// the bytes it went through (the whole volume for a full capture, the
 	// dirty part for an incremental one) and its total.
@@ -125,10 +156,6 @@ type VolumeResult struct {
 	Duration time.Duration `json:"duration"`
 	// Error is the job's error, if it failed or was cancelled.
 	Error string `json:"error,omitempty"`
-	// BitmapDropped reports that a failed capture removed the volume's
-	// bitmap because it no longer marked the writes since the caller's
-	// last kept capture: the next capture of this volume must be full.
-	BitmapDropped bool `json:"bitmap_dropped,omitempty"`
 }
 
 // CaptureResult records a capture.
@@ -232,8 +259,6 @@ type capVol struct {
 	res    VolumeResult
 	// opened is set while the target is open as a block node.
 	opened bool
-	// succeeded is set when the job ended without error.
-	succeeded bool
 }
 
 // Capture takes a point-in-time copy of the requested volumes, quiesced
@@ -241,24 +266,30 @@ type capVol struct {
 // copy. Before the freeze it resolves the volumes, plans the freeze
 // (unless req.Plan is given), opens each target (blockdev-add) and
 // subscribes to each job's events. Inside the freeze window (Quiesce) it
-// runs one transaction: per volume the bitmap action (add or clear for a
-// full capture with a bitmap) and a blockdev-backup job started at
-// ThrottledSpeed, so that the jobs do not compete with the thaw. Once the
-// guest is thawed it raises each job to the rate limit, waits for the
-// jobs (which it finalizes and dismisses), closes the targets and
-// returns per-volume results and the QuiesceResult.
+// runs one transaction: per volume the NewBitmap's
+// block-dirty-bitmap-add (persistent), if named, and a blockdev-backup
+// job (sync "full", or sync "bitmap" through Bitmap with bitmap-mode
+// "never") started at ThrottledSpeed, so that the jobs do not compete
+// with the thaw. Once the guest is thawed it raises each job to the rate
+// limit, waits for the jobs (which it finalizes and dismisses), closes
+// the targets and returns per-volume results and the QuiesceResult.
+//
+// Each capture's bitmap belongs to its snapshot: an incremental capture
+// copies through its parent's bitmap without changing it, and starts a
+// bitmap of its own. So nothing that happens to a capture, including its
+// daemon being killed while QEMU finishes the job, changes what the
+// parent's bitmap records; a half-done capture leaves only its own jobs,
+// targets and NewBitmap, which CleanupStale and RemoveBitmaps remove.
 //
 // agent freezes and thaws the guest (nil when the VM has no agent); the
 // plan's guest-get-fsinfo goes through agent when it has FSInfo, else
 // through m.Agent(). Quiesce guarantees the thaw, on a fresh context,
 // whatever happens. When Capture returns an error nothing was captured:
 // the jobs it started were cancelled and dismissed, the targets closed
-// (their content is undefined; the caller deletes them), and a bitmap
-// whose state no longer matches the caller's last kept capture (one that
-// this capture added or cleared, or that a successful incremental job
-// reset) was removed, which VolumeResult.BitmapDropped reports: the next
-// capture of that volume must be full. Failures wrap ErrConsistency,
-// ErrThaw, ErrCapture, ErrJobFailed, ErrNotFound or ErrTimeout.
+// (their content is undefined; the caller deletes them), the NewBitmaps
+// the transaction may have added removed, and the Bitmaps left as they
+// were. Failures wrap ErrConsistency, ErrThaw, ErrCapture, ErrJobFailed,
+// ErrNotFound, ErrBitmapInvalid or ErrTimeout.
 func Capture(ctx context.Context, m Machine, agent FreezeAgent, req CaptureRequest) (CaptureResult, error) {
 	start := time.Now()
 	opts := req.Quiesce
@@ -406,8 +437,12 @@ func (r *CaptureRequest) validate() error {
 			return fmt.Errorf("hypervisor: capture %s: volume %s has no target", r.ID, v.Volume)
 		case v.Mode != CaptureFull && v.Mode != CaptureIncremental:
 			return fmt.Errorf("hypervisor: capture %s: volume %s: mode %q, want full or incremental", r.ID, v.Volume, v.Mode)
-		case v.Mode == CaptureIncremental && v.Bitmap == "":
-			return fmt.Errorf("hypervisor: capture %s: volume %s: an incremental capture needs a bitmap", r.ID, v.Volume)
+		case v.Mode == CaptureFull && v.Bitmap != "":
+			return fmt.Errorf("hypervisor: capture %s: volume %s: a full capture reads no bitmap (got %q)", r.ID, v.Volume, v.Bitmap)
+		case v.Mode == CaptureIncremental && (v.Bitmap == "" || v.NewBitmap == ""):
+			return fmt.Errorf("hypervisor: capture %s: volume %s: an incremental capture needs its parent's bitmap and a new one (got %q and %q)", r.ID, v.Volume, v.Bitmap, v.NewBitmap)
+		case v.NewBitmap != "" && v.NewBitmap == v.Bitmap:
+			return fmt.Errorf("hypervisor: capture %s: volume %s: the new bitmap %q is the parent's", r.ID, v.Volume, v.NewBitmap)
 		}
 	}
 	if r.RateLimit < 0 {
@@ -436,8 +471,8 @@ func (c *capturing) results() CaptureResult {
 	return c.res
 }
 
-func jobID(id string, i int) string      { return fmt.Sprintf("ts-%s-job%d", id, i) }
-func targetNode(id string, i int) string { return fmt.Sprintf("ts-%s-tgt%d", id, i) }
+func jobID(id string, i int) string      { return fmt.Sprintf("%s%s-job%d", CapturePrefix, id, i) }
+func targetNode(id string, i int) string { return fmt.Sprintf("%s%s-tgt%d", CapturePrefix, id, i) }
 
 // resolve maps the requested volumes to QEMU's devices and checks their
 // bitmaps, so that the transaction inside the window does not fail on
@@ -456,30 +491,48 @@ func (c *capturing) resolve(devs []BlockDevice, req CaptureRequest) error {
 		seen[dev.NodeName] = v.Volume
 		cv := capVol{req: v, dev: dev, format: v.TargetFormat, res: VolumeResult{
 			Volume: v.Volume, Node: dev.NodeName, Target: v.Target, TargetNode: targetNode(req.ID, i),
-			JobID: jobID(req.ID, i), Mode: v.Mode, Bitmap: v.Bitmap,
+			JobID: jobID(req.ID, i), Mode: v.Mode, Bitmap: v.Bitmap, NewBitmap: v.NewBitmap,
 		}}
 		if cv.format == "" {
 			cv.format = "qcow2"
 		}
-		bm := findBitmap(dev.Bitmaps, v.Bitmap)
-		switch {
-		case v.Bitmap == "":
-		case bm != nil && (bm.Busy || bm.Inconsistent):
-			return fmt.Errorf("volume %s: bitmap %s is busy or inconsistent: %+v", v.Volume, v.Bitmap, *bm)
-		case v.Mode == CaptureIncremental && bm == nil:
-			return fmt.Errorf("%w: volume %s has no bitmap %q: take a full capture", ErrNotFound, v.Volume, v.Bitmap)
-		case v.Mode == CaptureIncremental:
-			cv.res.BitmapAction = "sync"
-		case bm != nil:
-			cv.res.BitmapAction = "clear"
-		default:
-			cv.res.BitmapAction = "add"
+		if v.Mode == CaptureIncremental {
+			bm := findBitmap(dev.Bitmaps, v.Bitmap)
+			if bm == nil {
+				return fmt.Errorf("%w: volume %s (%s) has no bitmap %q: take a full capture", ErrNotFound, v.Volume, dev.NodeName, v.Bitmap)
+			}
+			if why := bitmapUnusable(*bm); why != "" {
+				return fmt.Errorf("%w: volume %s (%s): bitmap %q %s", ErrBitmapInvalid, v.Volume, dev.NodeName, v.Bitmap, why)
+			}
+		}
+		if v.NewBitmap != "" && findBitmap(dev.Bitmaps, v.NewBitmap) != nil {
+			return fmt.Errorf("%w: volume %s (%s) already has a bitmap %q", ErrBitmapInvalid, v.Volume, dev.NodeName, v.NewBitmap)
 		}
 		c.vols = append(c.vols, cv)
 	}
 	return nil
 }
 
+// bitmapUnusable says why bm may not mark every write since its capture
+// ("" if it does): a bitmap that is not persistent was not created by
+// Capture (or is lost when QEMU stops), one that does not record writes
+// misses them, one that is inconsistent was not stored when QEMU
+// stopped, and one that is busy is in use by a job.
+func bitmapUnusable(bm DirtyBitmap) string {
+	switch {
+	case bm.Inconsistent:
+		return "is inconsistent (QEMU stopped without storing it): take a full capture"
+	case bm.Busy:
+		return "is in use by a job (a capture in progress, or a stale one: CleanupStale)"
+	case !bm.Persistent:
+		return "is not persistent: take a full capture"
+	case !bm.Recording:
+		return "does not record writes: take a full capture"
+	}
+	return ""
+}
+
+// findBitmap returns the bitmap named name, or nil.
 func findBitmap(bms []DirtyBitmap, name string) *DirtyBitmap {
 	for i := range bms {
 		if bms[i].Name == name {
@@ -536,25 +589,25 @@ func (c *capturing) openTargets(ctx context.Context) error {
 	return nil
 }
 
-// actions builds the transaction: bitmap actions first, then one
-// throttled backup job per volume. Jobs finalize by themselves and stay
+// actions builds the transaction: the new bitmaps first, then one
+// throttled backup job per volume; an incremental job reads its parent's
+// bitmap and never changes it. Jobs finalize by themselves and stay
 // concluded until dismissed, so that their outcome can always be read.
+// QEMU runs every action of a transaction before it lets the guest's I/O
+// go on, so the new bitmaps start at the jobs' point in time.
 func (c *capturing) actions() []Action {
 	var actions []Action
 	for _, v := range c.vols {
-		switch v.res.BitmapAction {
-		case "add":
-			actions = append(actions, BitmapAdd(v.dev.NodeName, v.req.Bitmap, true))
-		case "clear":
-			actions = append(actions, BitmapClear(v.dev.NodeName, v.req.Bitmap))
+		if v.req.NewBitmap != "" {
+			actions = append(actions, BitmapAdd(v.dev.NodeName, v.req.NewBitmap, true))
 		}
 	}
 	for _, v := range c.vols {
-		sync, bitmap := SyncFull, ""
 		if v.req.Mode == CaptureIncremental {
-			sync, bitmap = SyncIncremental, v.req.Bitmap
+			actions = append(actions, BlockdevBackupBitmap(v.res.JobID, v.dev.NodeName, v.res.TargetNode, v.req.Bitmap, BitmapModeNever, ThrottledSpeed, true, false))
+			continue
 		}
-		actions = append(actions, BlockdevBackup(v.res.JobID, v.dev.NodeName, v.res.TargetNode, sync, bitmap, ThrottledSpeed, true, false))
+		actions = append(actions, BlockdevBackup(v.res.JobID, v.dev.NodeName, v.res.TargetNode, SyncFull, "", ThrottledSpeed, true, false))
 	}
 	return actions
 }
@@ -609,7 +662,6 @@ func (c *capturing) wait(ctx context.Context, watches []*JobWatch, started time.
 		v.res.Bytes, v.res.Total, v.res.Error = d.res.CurrentProgress, d.res.TotalProgress, d.res.Error
 		v.res.Duration = d.at.Sub(started)
 		if d.err == nil {
-			v.succeeded = true
 			continue
 		}
 		if v.res.Error == "" {
@@ -629,10 +681,10 @@ func (c *capturing) wait(ctx context.Context, watches []*JobWatch, started time.
 }
 
 // fail cleans up after a failure, on a fresh context: it cancels and
-// dismisses the capture's jobs that QEMU still lists, removes the bitmaps
-// that no longer match the caller's last kept capture (when the
-// transaction ran), and closes the targets. It returns the result and
-// cause, joined with any cleanup error.
+// dismisses the capture's jobs that QEMU still lists, removes the new
+// bitmaps (when the transaction may have run, which may have added them;
+// the parents' bitmaps are never touched), and closes the targets. It
+// returns the result and cause, joined with any cleanup error.
 func (c *capturing) fail(ctx context.Context, mayHaveRun bool, cause error) (CaptureResult, error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), captureCleanupTimeout)
 	defer cancel()
@@ -642,14 +694,12 @@ func (c *capturing) fail(ctx context.Context, mayHaveRun bool, cause error) (Cap
 		if err != nil {
 			errs = append(errs, err)
 		}
-		ran := false
 		for i := range c.vols {
 			v := &c.vols[i]
 			idx := slices.IndexFunc(jobs, func(j JobInfo) bool { return j.ID == v.res.JobID })
 			if idx < 0 {
 				continue
 			}
-			ran = true // jobs stay listed until dismissed: the transaction ran
 			if st := jobs[idx].Status; st != "concluded" && st != "null" && st != "aborting" {
 				if err := CancelJob(cctx, c.q, v.res.JobID); err != nil && !errors.Is(err, ErrNotFound) {
 					c.log.Warn("cancelling a job", "job", v.res.JobID, "err", err)
@@ -658,7 +708,6 @@ func (c *capturing) fail(ctx context.Context, mayHaveRun bool, cause error) (Cap
 			r, err := WaitJob(cctx, c.q, v.res.JobID)
 			switch {
 			case err == nil:
-				v.succeeded = true
 			case errors.Is(err, ErrJobFailed):
 				if v.res.Error == "" {
 					v.res.Error = r.Error
@@ -667,26 +716,14 @@ func (c *capturing) fail(ctx context.Context, mayHaveRun bool, cause error) (Cap
 				errs = append(errs, fmt.Errorf("cleaning up job %s: %w", v.res.JobID, err))
 			}
 		}
-		// After the waits, every job that ran has been seen to end (or
-		// was waited for above).
-		if !ran {
-			ran = slices.ContainsFunc(c.vols, func(v capVol) bool { return v.succeeded || v.res.Error != "" })
-		}
-		if ran {
-			for i := range c.vols {
-				v := &c.vols[i]
-				stale := v.res.BitmapAction == "add" || v.res.BitmapAction == "clear" ||
-					(v.res.BitmapAction == "sync" && v.succeeded)
-				if !stale {
-					continue
-				}
-				err := c.q.Execute(cctx, "block-dirty-bitmap-remove", bitmapRef{Node: v.dev.NodeName, Name: v.req.Bitmap}, nil)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("removing bitmap %s of %s (the next capture must be full): %w", v.req.Bitmap, v.req.Volume, err))
-					continue
-				}
-				v.res.BitmapDropped = true
-				c.log.Warn("dropped a bitmap after a failed capture; the next capture of the volume must be full", "volume", v.req.Volume, "bitmap", v.req.Bitmap)
+		// A new bitmap did not exist before (resolve checked): if the
+		// node has it now, the transaction added it.
+		for _, v := range c.vols {
+			if v.req.NewBitmap == "" {
+				continue
+			}
+			if err := RemoveBitmaps(cctx, c.q, v.dev.NodeName, []string{v.req.NewBitmap}); err != nil {
+				errs = append(errs, fmt.Errorf("removing the new bitmap %s of %s: %w", v.req.NewBitmap, v.req.Volume, err))
 			}
 		}
 	}

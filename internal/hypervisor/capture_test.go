@@ -19,8 +19,9 @@ import (
 
 // fakeQEMU is a fake monitor for Capture: disks "data1" and "data2" (64
 // MiB, virtio-blk at slots 5 and 6) with bitmaps, blockdev-add/del of
-// targets, a transaction that applies bitmap actions and starts simulated
-// jobs, and a log of what happened in order, shared with fakeFreezer.
+// targets (each over a "-file" child node), an atomic transaction that
+// applies bitmap actions and starts simulated jobs, and a log of what
+// happened in order, shared with fakeFreezer.
 type fakeQEMU struct {
 	s    *qmptest.Server
 	jobs *qmptest.Jobs
@@ -28,7 +29,10 @@ type fakeQEMU struct {
 
 	mu      sync.Mutex
 	bitmaps map[string][]string // node -> bitmap names
-	targets map[string]int64    // open target node -> virtual size
+	// flags override a bitmap's flags in query-named-block-nodes, by
+	// "node/name": "persistent", "recording", "busy", "inconsistent".
+	flags   map[string]map[string]bool
+	targets map[string]int64 // open target node -> virtual size
 	txns    []json.RawMessage
 
 	// targetSize overrides the size of targets opened from a path.
@@ -41,6 +45,8 @@ type fakeQEMU struct {
 	// failJob fails the named job instead of completing it; holdJob
 	// leaves it running until cancelled.
 	failJob, holdJob string
+	// inUse makes blockdev-del refuse the named nodes.
+	inUse map[string]bool
 }
 
 // orderLog records steps from the fakes in the order they happen.
@@ -67,7 +73,7 @@ func newFakeQEMU(t *testing.T, log *orderLog) *fakeQEMU {
 	t.Helper()
 	f := &fakeQEMU{
 		s: &qmptest.Server{}, log: log,
-		bitmaps: map[string][]string{}, targets: map[string]int64{}, targetSize: map[string]int64{},
+		bitmaps: map[string][]string{}, flags: map[string]map[string]bool{}, targets: map[string]int64{}, targetSize: map[string]int64{},
 	}
 	f.jobs = qmptest.NewJobs(f.s)
 	qerr := func(desc string) qmptest.Reply {
@@ -92,13 +98,18 @@ func newFakeQEMU(t *testing.T, log *orderLog) *fakeQEMU {
 		for _, s := range []string{"data1", "data2"} {
 			var bms []map[string]any
 			for _, b := range f.bitmaps["vol-"+s] {
-				bms = append(bms, map[string]any{"name": b, "granularity": 65536, "count": 0, "persistent": true, "recording": true})
+				bm := map[string]any{"name": b, "granularity": 65536, "count": 0, "persistent": true, "recording": true, "busy": false, "inconsistent": false}
+				for k, v := range f.flags["vol-"+s+"/"+b] {
+					bm[k] = v
+				}
+				bms = append(bms, bm)
 			}
 			out = append(out, map[string]any{"node-name": "vol-" + s, "drv": "qcow2", "dirty-bitmaps": bms,
 				"image": map[string]any{"filename": "/img/" + s + ".qcow2", "format": "qcow2", "virtual-size": fakeDiskSize}})
 		}
 		for n, size := range f.targets {
-			out = append(out, map[string]any{"node-name": n, "drv": "qcow2", "image": map[string]any{"virtual-size": size}})
+			out = append(out, map[string]any{"node-name": n, "drv": "qcow2", "image": map[string]any{"virtual-size": size}},
+				map[string]any{"node-name": n + "-file", "drv": "file", "image": map[string]any{"virtual-size": size}})
 		}
 		return qmptest.Reply{Return: out}
 	}
@@ -137,24 +148,17 @@ func newFakeQEMU(t *testing.T, log *orderLog) *fakeQEMU {
 		_ = call.Decode(&a)
 		f.mu.Lock()
 		defer f.mu.Unlock()
+		if _, ok := f.targets[strings.TrimSuffix(a.NodeName, "-file")]; ok && strings.HasSuffix(a.NodeName, "-file") {
+			return qerr(fmt.Sprintf("Node %s is not owned by the monitor", a.NodeName))
+		}
 		if _, ok := f.targets[a.NodeName]; !ok {
 			return qerr(fmt.Sprintf("Failed to find node with node-name='%s'", a.NodeName))
 		}
+		if f.inUse[a.NodeName] {
+			return qerr(fmt.Sprintf("Node '%s' is busy: node is used as backing hd of 'x'", a.NodeName))
+		}
 		delete(f.targets, a.NodeName)
 		f.log.add("blockdev-del " + a.NodeName)
-		return qmptest.Reply{}
-	}
-	c["block-dirty-bitmap-remove"] = func(call *qmptest.Call) qmptest.Reply {
-		var a struct{ Node, Name string }
-		_ = call.Decode(&a)
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		i := slices.Index(f.bitmaps[a.Node], a.Name)
-		if i < 0 {
-			return qerr("Dirty bitmap '" + a.Name + "' not found")
-		}
-		f.bitmaps[a.Node] = slices.Delete(f.bitmaps[a.Node], i, i+1)
-		f.log.add("bitmap-remove " + a.Node + "/" + a.Name)
 		return qmptest.Reply{}
 	}
 	c["transaction"] = func(call *qmptest.Call) qmptest.Reply {
@@ -172,22 +176,56 @@ func newFakeQEMU(t *testing.T, log *orderLog) *fakeQEMU {
 			}
 		}
 		_ = call.Decode(&args)
-		var started []string
-		for _, a := range args.Actions {
-			var d struct {
-				Node, Name string
-				hypervisor.BackupData
+		// All or nothing: check every action, then apply them.
+		type actionData struct {
+			Node, Name string
+			hypervisor.BackupData
+		}
+		datas := make([]actionData, len(args.Actions))
+		for i, a := range args.Actions {
+			d := &datas[i]
+			_ = json.Unmarshal(a.Data, d)
+			var bad string
+			switch a.Type {
+			case "block-dirty-bitmap-add":
+				if slices.Contains(f.bitmaps[d.Node], d.Name) {
+					bad = "Bitmap already exists: " + d.Name
+				}
+			case "block-dirty-bitmap-remove":
+				switch {
+				case !slices.Contains(f.bitmaps[d.Node], d.Name):
+					bad = "Dirty bitmap '" + d.Name + "' not found"
+				case f.flags[d.Node+"/"+d.Name]["busy"]:
+					bad = "Bitmap '" + d.Name + "' is currently in use by another operation and cannot be used"
+				}
+			case "blockdev-backup":
+				switch {
+				case d.Speed != hypervisor.ThrottledSpeed || d.AutoDismiss || !d.AutoFinalize:
+					bad = fmt.Sprintf("job %s: speed %d, auto-finalize %v, auto-dismiss %v", d.JobID, d.Speed, d.AutoFinalize, d.AutoDismiss)
+				case d.Sync == "bitmap" && (d.BitmapMode != "never" || !slices.Contains(f.bitmaps[d.Device], d.Bitmap)):
+					bad = fmt.Sprintf("job %s: bitmap %q, mode %q", d.JobID, d.Bitmap, d.BitmapMode)
+				case d.Sync != "full" && d.Sync != "bitmap":
+					bad = "job " + d.JobID + ": sync " + d.Sync
+				}
+			default:
+				bad = "unexpected action " + a.Type
 			}
-			_ = json.Unmarshal(a.Data, &d)
+			if bad != "" {
+				f.mu.Unlock()
+				return qerr(bad)
+			}
+		}
+		var started []string
+		for i, a := range args.Actions {
+			d := datas[i]
 			switch a.Type {
 			case "block-dirty-bitmap-add":
 				f.bitmaps[d.Node] = append(f.bitmaps[d.Node], d.Name)
+			case "block-dirty-bitmap-remove":
+				f.bitmaps[d.Node] = slices.DeleteFunc(f.bitmaps[d.Node], func(n string) bool { return n == d.Name })
+				f.log.add("bitmap-remove " + d.Node + "/" + d.Name)
 			case "blockdev-backup":
 				started = append(started, d.JobID)
-				if d.Speed != hypervisor.ThrottledSpeed || d.AutoDismiss || !d.AutoFinalize {
-					f.mu.Unlock()
-					return qerr(fmt.Sprintf("job %s: speed %d, auto-finalize %v, auto-dismiss %v", d.JobID, d.Speed, d.AutoFinalize, d.AutoDismiss))
-				}
 			}
 		}
 		finish := f.finishInWindow
@@ -346,19 +384,19 @@ func captureFixture(t *testing.T) (*fakeQEMU, *fakeFreezer, fakeMachine, *orderL
 
 // TestCaptureFake runs a full capture of two volumes on the fakes: the
 // targets are opened before the freeze, one transaction runs inside it
-// (bitmap added to one volume, cleared on the other, both jobs throttled),
-// the speed is raised only after the thaw, and the targets are closed
-// once the jobs ended.
+// (a new persistent bitmap on each volume, both jobs throttled), the
+// speed is raised only after the thaw, and the targets are closed once
+// the jobs ended. A bitmap the volume had is left alone.
 func TestCaptureFake(t *testing.T) {
 	f, agent, m, log := captureFixture(t)
-	f.bitmaps["vol-data2"] = []string{"ts"}
+	f.bitmaps["vol-data2"] = []string{"older"}
 	ctx := within(t, 20*time.Second)
 
 	res, err := hypervisor.Capture(ctx, m, agent, hypervisor.CaptureRequest{
 		ID: "c1",
 		Volumes: []hypervisor.CaptureVolume{
-			{Volume: "data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureFull, Bitmap: "ts"},
-			{Volume: "disk-data2", Target: "/t/d2.qcow2", Mode: hypervisor.CaptureFull, Bitmap: "ts"},
+			{Volume: "data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureFull, NewBitmap: "twinsnap-s1"},
+			{Volume: "disk-data2", Target: "/t/d2.qcow2", Mode: hypervisor.CaptureFull, NewBitmap: "twinsnap-s1"},
 		},
 		Quiesce: captureOpts(), RateLimit: 1 << 30,
 	})
@@ -381,29 +419,26 @@ func TestCaptureFake(t *testing.T) {
 	if rest := steps[len(want):]; !slices.Contains(rest, "blockdev-del ts-c1-tgt0") || !slices.Contains(rest, "blockdev-del ts-c1-tgt1") {
 		t.Fatalf("targets not closed after the jobs: %v", rest)
 	}
-	var txn struct {
-		Actions []struct {
-			Type string
-			Data map[string]any
-		}
+	want = []string{
+		`{"type":"block-dirty-bitmap-add","data":{"node":"vol-data1","name":"twinsnap-s1","persistent":true}}`,
+		`{"type":"block-dirty-bitmap-add","data":{"node":"vol-data2","name":"twinsnap-s1","persistent":true}}`,
+		`{"type":"blockdev-backup","data":{"job-id":"ts-c1-job0","device":"vol-data1","target":"ts-c1-tgt0","sync":"full","speed":1,"auto-finalize":true,"auto-dismiss":false}}`,
+		`{"type":"blockdev-backup","data":{"job-id":"ts-c1-job1","device":"vol-data2","target":"ts-c1-tgt1","sync":"full","speed":1,"auto-finalize":true,"auto-dismiss":false}}`,
 	}
-	if err := json.Unmarshal(f.txns[0], &txn); err != nil {
-		t.Fatalf("transaction: %v", err)
-	}
-	var types []string
-	for _, a := range txn.Actions {
-		types = append(types, a.Type)
-	}
-	if want := []string{"block-dirty-bitmap-add", "block-dirty-bitmap-clear", "blockdev-backup", "blockdev-backup"}; !reflect.DeepEqual(types, want) {
-		t.Fatalf("transaction actions %v, want %v: %s", types, want, f.txns[0])
+	if got := txnActions(t, f.txns[0]); !reflect.DeepEqual(got, want) {
+		t.Fatalf("transaction actions:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	for i, v := range res.Volumes {
-		if v.JobID != fmt.Sprintf("ts-c1-job%d", i) || v.Bytes != fakeDiskSize || v.Total != fakeDiskSize || v.Error != "" || v.BitmapDropped || v.Duration <= 0 {
+		if v.JobID != fmt.Sprintf("ts-c1-job%d", i) || v.Bytes != fakeDiskSize || v.Total != fakeDiskSize || v.Error != "" || v.Duration <= 0 ||
+			v.Bitmap != "" || v.NewBitmap != "twinsnap-s1" {
 			t.Fatalf("volume %d: %+v", i, v)
 		}
 	}
-	if res.Volumes[0].BitmapAction != "add" || res.Volumes[1].BitmapAction != "clear" || res.Volumes[1].Node != "vol-data2" {
+	if res.Volumes[1].Node != "vol-data2" {
 		t.Fatalf("volumes: %+v", res.Volumes)
+	}
+	if bm := f.bitmapsOf("vol-data2"); !reflect.DeepEqual(bm, []string{"older", "twinsnap-s1"}) {
+		t.Fatalf("bitmaps of data2: %v", bm)
 	}
 	if open := f.openTargets(); len(open) != 0 {
 		t.Fatalf("targets left open: %v", open)
@@ -413,19 +448,70 @@ func TestCaptureFake(t *testing.T) {
 	}
 }
 
+// txnActions returns a transaction's actions as compact JSON, one each.
+func txnActions(t *testing.T, txn json.RawMessage) []string {
+	t.Helper()
+	var args struct{ Actions []json.RawMessage }
+	if err := json.Unmarshal(txn, &args); err != nil {
+		t.Fatalf("transaction %s: %v", txn, err)
+	}
+	out := make([]string, len(args.Actions))
+	for i, a := range args.Actions {
+		out[i] = string(a)
+	}
+	return out
+}
+
+// TestCaptureIncrementalFake: an incremental capture adds its new bitmap
+// and copies through the parent's with bitmap-mode never, in one
+// transaction; the parent's bitmap is still there afterwards.
+func TestCaptureIncrementalFake(t *testing.T) {
+	f, agent, m, log := captureFixture(t)
+	f.bitmaps["vol-data1"] = []string{"twinsnap-s1"}
+	res, err := hypervisor.Capture(within(t, 20*time.Second), m, agent, hypervisor.CaptureRequest{
+		ID: "i1",
+		Volumes: []hypervisor.CaptureVolume{{
+			Volume: "data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureIncremental, Bitmap: "twinsnap-s1", NewBitmap: "twinsnap-s2",
+		}},
+		Quiesce: captureOpts(),
+	})
+	if err != nil {
+		t.Fatalf("Capture: %v", err)
+	}
+	want := []string{
+		`{"type":"block-dirty-bitmap-add","data":{"node":"vol-data1","name":"twinsnap-s2","persistent":true}}`,
+		`{"type":"blockdev-backup","data":{"job-id":"ts-i1-job0","device":"vol-data1","target":"ts-i1-tgt0","sync":"bitmap","bitmap":"twinsnap-s1","bitmap-mode":"never","speed":1,"auto-finalize":true,"auto-dismiss":false}}`,
+	}
+	if got := txnActions(t, f.txns[0]); !reflect.DeepEqual(got, want) {
+		t.Fatalf("transaction actions:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if v := res.Volumes[0]; v.Mode != hypervisor.CaptureIncremental || v.Bitmap != "twinsnap-s1" || v.NewBitmap != "twinsnap-s2" {
+		t.Fatalf("volume: %+v", v)
+	}
+	if bm := f.bitmapsOf("vol-data1"); !reflect.DeepEqual(bm, []string{"twinsnap-s1", "twinsnap-s2"}) {
+		t.Fatalf("bitmaps of data1 after the capture: %v", bm)
+	}
+	for _, s := range log.get() {
+		if strings.HasPrefix(s, "bitmap-remove") {
+			t.Fatalf("a successful capture removed a bitmap: %v", log.get())
+		}
+	}
+}
+
 // TestCaptureJobFails fails one of two jobs during the copy: the other,
 // still running, is cancelled, both are dismissed, the targets closed, and
-// the bitmaps the capture started are removed (the next capture must be
-// full).
+// the bitmaps the capture added are removed; the parent's bitmap of the
+// incremental volume is left as it was.
 func TestCaptureJobFails(t *testing.T) {
 	f, agent, m, _ := captureFixture(t)
+	f.bitmaps["vol-data2"] = []string{"twinsnap-s1"}
 	f.failJob, f.holdJob = "ts-c2-job1", "ts-c2-job0"
 	ctx := within(t, 20*time.Second)
 	res, err := hypervisor.Capture(ctx, m, agent, hypervisor.CaptureRequest{
 		ID: "c2",
 		Volumes: []hypervisor.CaptureVolume{
-			{Volume: "data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureFull, Bitmap: "ts"},
-			{Volume: "data2", Target: "/t/d2.qcow2", Mode: hypervisor.CaptureFull, Bitmap: "ts"},
+			{Volume: "data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureFull, NewBitmap: "twinsnap-s2"},
+			{Volume: "data2", Target: "/t/d2.qcow2", Mode: hypervisor.CaptureIncremental, Bitmap: "twinsnap-s1", NewBitmap: "twinsnap-s2"},
 		},
 		Quiesce: captureOpts(),
 	})
@@ -442,14 +528,17 @@ func TestCaptureJobFails(t *testing.T) {
 	if jobs, err := hypervisor.QueryJobs(ctx, m.q); err != nil || len(jobs) != 0 {
 		t.Fatalf("jobs left: %+v, %v", jobs, err)
 	}
-	if v := res.Volumes[0]; !v.BitmapDropped || !strings.Contains(v.Error, "cancel") {
-		t.Fatalf("held volume: %+v; want it cancelled and its bitmap dropped", v)
+	if v := res.Volumes[0]; !strings.Contains(v.Error, "cancel") {
+		t.Fatalf("held volume: %+v; want it cancelled", v)
 	}
-	if v := res.Volumes[1]; !v.BitmapDropped || !strings.Contains(v.Error, "No space") {
-		t.Fatalf("failed volume: %+v; want QEMU's error and the bitmap dropped", v)
+	if v := res.Volumes[1]; !strings.Contains(v.Error, "No space") {
+		t.Fatalf("failed volume: %+v; want QEMU's error", v)
 	}
 	if bm := f.bitmapsOf("vol-data1"); len(bm) != 0 {
 		t.Fatalf("bitmaps left on data1: %v", bm)
+	}
+	if bm := f.bitmapsOf("vol-data2"); !reflect.DeepEqual(bm, []string{"twinsnap-s1"}) {
+		t.Fatalf("bitmaps of data2: %v; want the parent's alone", bm)
 	}
 }
 
@@ -458,11 +547,13 @@ func TestCaptureJobFails(t *testing.T) {
 // bitmap is touched.
 func TestCaptureTransactionRefused(t *testing.T) {
 	f, agent, m, log := captureFixture(t)
-	f.bitmaps["vol-data1"] = []string{"ts"}
-	f.txnError = &qmptest.Error{Class: "GenericError", Desc: "Bitmap 'ts' is currently in use"}
-	res, err := hypervisor.Capture(within(t, 20*time.Second), m, agent, hypervisor.CaptureRequest{
-		ID:      "c3",
-		Volumes: []hypervisor.CaptureVolume{{Volume: "data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureIncremental, Bitmap: "ts"}},
+	f.bitmaps["vol-data1"] = []string{"twinsnap-s1"}
+	f.txnError = &qmptest.Error{Class: "GenericError", Desc: "Bitmap 'twinsnap-s1' is currently in use"}
+	_, err := hypervisor.Capture(within(t, 20*time.Second), m, agent, hypervisor.CaptureRequest{
+		ID: "c3",
+		Volumes: []hypervisor.CaptureVolume{{
+			Volume: "data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureIncremental, Bitmap: "twinsnap-s1", NewBitmap: "twinsnap-s2",
+		}},
 		Quiesce: captureOpts(),
 	})
 	var qe *hypervisor.QMPError
@@ -472,33 +563,52 @@ func TestCaptureTransactionRefused(t *testing.T) {
 	if agent.isFrozen() || len(f.openTargets()) != 0 {
 		t.Fatalf("frozen %v, targets %v after a refused transaction", agent.isFrozen(), f.openTargets())
 	}
-	if bm := f.bitmapsOf("vol-data1"); !reflect.DeepEqual(bm, []string{"ts"}) || res.Volumes[0].BitmapDropped {
-		t.Fatalf("bitmaps %v, result %+v; a refused transaction must leave the bitmap", bm, res.Volumes[0])
+	if bm := f.bitmapsOf("vol-data1"); !reflect.DeepEqual(bm, []string{"twinsnap-s1"}) {
+		t.Fatalf("bitmaps %v; a refused transaction must leave the bitmap", bm)
 	}
 	for _, s := range log.get() {
-		if strings.HasPrefix(s, "set-speed") {
-			t.Fatalf("speed raised after a refused transaction: %v", log.get())
+		if strings.HasPrefix(s, "set-speed") || strings.HasPrefix(s, "bitmap-remove") {
+			t.Fatalf("%s after a refused transaction: %v", s, log.get())
 		}
 	}
 }
 
 // TestCaptureRefusedBeforeFreeze: what can be known before the freeze
-// fails the capture before it: an unknown volume, an incremental capture
-// without its bitmap, a target of the wrong size.
+// fails the capture before it: an unknown volume, a request that does not
+// fit its mode, an incremental capture whose bitmap is missing or cannot
+// be trusted, a new bitmap that exists, a target of the wrong size.
 func TestCaptureRefusedBeforeFreeze(t *testing.T) {
+	inc := func(bitmap string) hypervisor.CaptureVolume {
+		return hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureIncremental, Bitmap: bitmap, NewBitmap: "n"}
+	}
 	for _, tc := range []struct {
 		name string
 		vol  hypervisor.CaptureVolume
 		want error
 	}{
 		{"unknown volume", hypervisor.CaptureVolume{Volume: "data9", Target: "/t/x", Mode: hypervisor.CaptureFull}, hypervisor.ErrNotFound},
-		{"no bitmap", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureIncremental, Bitmap: "nope"}, hypervisor.ErrNotFound},
+		{"no bitmap", inc("nope"), hypervisor.ErrNotFound},
+		{"busy bitmap", inc("busy"), hypervisor.ErrBitmapInvalid},
+		{"inconsistent bitmap", inc("inconsistent"), hypervisor.ErrBitmapInvalid},
+		{"transient bitmap", inc("transient"), hypervisor.ErrBitmapInvalid},
+		{"disabled bitmap", inc("disabled"), hypervisor.ErrBitmapInvalid},
+		{"new bitmap exists", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureFull, NewBitmap: "p"}, hypervisor.ErrBitmapInvalid},
+		{"new bitmap exists, incremental", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureIncremental, Bitmap: "p", NewBitmap: "busy"}, hypervisor.ErrBitmapInvalid},
+		{"incremental without a new bitmap", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureIncremental, Bitmap: "p"}, nil},
+		{"incremental without a bitmap", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureIncremental, NewBitmap: "n"}, nil},
+		{"new bitmap is the parent", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureIncremental, Bitmap: "p", NewBitmap: "p"}, nil},
+		{"full with a bitmap", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x", Mode: hypervisor.CaptureFull, Bitmap: "p"}, nil},
 		{"target size", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/small", Mode: hypervisor.CaptureFull}, nil},
 		{"no mode", hypervisor.CaptureVolume{Volume: "data1", Target: "/t/x"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, agent, m, log := captureFixture(t)
 			f.targetSize["/t/small"] = 1 << 20
+			f.bitmaps["vol-data1"] = []string{"p", "busy", "inconsistent", "transient", "disabled"}
+			f.flags["vol-data1/busy"] = map[string]bool{"busy": true, "recording": false}
+			f.flags["vol-data1/inconsistent"] = map[string]bool{"inconsistent": true}
+			f.flags["vol-data1/transient"] = map[string]bool{"persistent": false}
+			f.flags["vol-data1/disabled"] = map[string]bool{"recording": false}
 			_, err := hypervisor.Capture(within(t, 10*time.Second), m, agent, hypervisor.CaptureRequest{
 				Volumes: []hypervisor.CaptureVolume{tc.vol}, Quiesce: captureOpts(),
 			})
@@ -506,8 +616,11 @@ func TestCaptureRefusedBeforeFreeze(t *testing.T) {
 				t.Fatalf("Capture = %v, want an error (%v)", err, tc.want)
 			}
 			t.Logf("%v", err)
-			if agent.freezes != 0 || len(f.openTargets()) != 0 {
-				t.Fatalf("freezes %d, open targets %v; steps %v", agent.freezes, f.openTargets(), log.get())
+			if agent.freezes != 0 || len(f.openTargets()) != 0 || len(f.txns) != 0 {
+				t.Fatalf("freezes %d, open targets %v, transactions %d; steps %v", agent.freezes, f.openTargets(), len(f.txns), log.get())
+			}
+			if bm := f.bitmapsOf("vol-data1"); len(bm) != 5 {
+				t.Fatalf("bitmaps of data1: %v", bm)
 			}
 		})
 	}
@@ -517,13 +630,15 @@ func TestCaptureRefusedBeforeFreeze(t *testing.T) {
 // refuses a new speed; the capture goes on.
 func TestCaptureJobDoneInWindow(t *testing.T) {
 	f, agent, m, _ := captureFixture(t)
-	f.bitmaps["vol-data1"] = []string{"ts"}
+	f.bitmaps["vol-data1"] = []string{"twinsnap-s1"}
 	f.finishInWindow = true
 	res, err := hypervisor.Capture(within(t, 10*time.Second), m, agent, hypervisor.CaptureRequest{
-		Volumes: []hypervisor.CaptureVolume{{Volume: "vol-data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureIncremental, Bitmap: "ts"}},
+		Volumes: []hypervisor.CaptureVolume{{
+			Volume: "vol-data1", Target: "/t/d1.qcow2", Mode: hypervisor.CaptureIncremental, Bitmap: "twinsnap-s1", NewBitmap: "twinsnap-s2",
+		}},
 		Quiesce: captureOpts(),
 	})
-	if err != nil || res.Volumes[0].BitmapAction != "sync" || res.Volumes[0].Bytes != fakeDiskSize {
+	if err != nil || res.Volumes[0].Bytes != fakeDiskSize {
 		t.Fatalf("Capture = %+v, %v", res, err)
 	}
 }

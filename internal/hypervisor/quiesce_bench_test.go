@@ -21,9 +21,10 @@ const benchRuns = 20
 const benchDiskMiB = 64
 
 // captureSeries takes application-consistent captures of the given
-// volumes, the first full (starting bitmap), the later ones incremental
-// through it, each into new standalone targets that are deleted
-// afterwards.
+// volumes, the first full, the later ones incremental through the bitmap
+// the one before added, each into new standalone targets that are deleted
+// afterwards. Once a capture succeeded, the bitmap it started from is
+// removed, as a daemon does once the newer snapshot is kept.
 type captureSeries struct {
 	m      *hypervisor.QEMUMachine
 	ga     *guestagent.Client
@@ -36,9 +37,9 @@ type captureSeries struct {
 // capture takes the series' next capture.
 func (s *captureSeries) capture(ctx context.Context, tb testing.TB) hypervisor.CaptureResult {
 	tb.Helper()
-	mode := hypervisor.CaptureIncremental
+	mode, parent := hypervisor.CaptureIncremental, fmt.Sprintf("%s-%d", s.bitmap, s.n-1)
 	if s.n == 0 {
-		mode = hypervisor.CaptureFull
+		mode, parent = hypervisor.CaptureFull, ""
 	}
 	req := hypervisor.CaptureRequest{
 		ID: fmt.Sprintf("%s-%d", s.bitmap, s.n),
@@ -53,7 +54,9 @@ func (s *captureSeries) capture(ctx context.Context, tb testing.TB) hypervisor.C
 			tb.Fatalf("qemu-img create: %v: %s", err, out)
 		}
 		targets = append(targets, path)
-		req.Volumes = append(req.Volumes, hypervisor.CaptureVolume{Volume: v, Target: path, Mode: mode, Bitmap: s.bitmap})
+		req.Volumes = append(req.Volumes, hypervisor.CaptureVolume{
+			Volume: v, Target: path, Mode: mode, Bitmap: parent, NewBitmap: fmt.Sprintf("%s-%d", s.bitmap, s.n),
+		})
 	}
 	defer func() {
 		for _, p := range targets {
@@ -66,6 +69,13 @@ func (s *captureSeries) capture(ctx context.Context, tb testing.TB) hypervisor.C
 	}
 	if res.Quiesce.Achieved != hypervisor.Application {
 		tb.Fatalf("capture %d of %v: %s (%s)", s.n, s.vols, res.Quiesce.Achieved, res.Quiesce.StepDown)
+	}
+	if parent != "" {
+		for _, v := range res.Volumes {
+			if err := hypervisor.RemoveBitmaps(ctx, s.m.QMP(), v.Node, []string{parent}); err != nil {
+				tb.Fatalf("removing bitmap %s of %s: %v", parent, v.Volume, err)
+			}
+		}
 	}
 	s.n++
 	return res

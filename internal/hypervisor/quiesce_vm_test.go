@@ -206,7 +206,7 @@ func TestQuiesceVMAgentGone(t *testing.T) {
 	dir := t.TempDir()
 	target := filepath.Join(dir, "t.qcow2")
 	qemuImg(ctx, t, "create", "-q", "-f", "qcow2", target, "32M")
-	vol := []hypervisor.CaptureVolume{{Volume: "data1", Target: target, Mode: hypervisor.CaptureFull, Bitmap: "ts"}}
+	vol := []hypervisor.CaptureVolume{{Volume: "data1", Target: target, Mode: hypervisor.CaptureFull, NewBitmap: "twinsnap-s1"}}
 
 	for _, given := range []bool{true, false} {
 		req := hypervisor.CaptureRequest{Volumes: vol, Quiesce: opts}
@@ -232,15 +232,12 @@ func TestQuiesceVMAgentGone(t *testing.T) {
 		t.Logf("%s, require crash: achieved %s: %s", name, res.Quiesce.Achieved, res.Quiesce.StepDown)
 		// Nothing writes to data1: the crash-consistent copy equals it.
 		compare(ctx, t, d1.Path, target)
-		if res.Volumes[0].BitmapAction != "add" {
-			t.Fatalf("first full capture: bitmap action %q, want add", res.Volumes[0].BitmapAction)
-		}
 		devs, err := hypervisor.BlockDevices(ctx, q)
-		if err != nil || bitmapOf(devs, "data1", "ts") == nil {
-			t.Fatalf("bitmap ts after a full capture: %v", err)
+		if err != nil || bitmapOf(devs, "data1", "twinsnap-s1") == nil {
+			t.Fatalf("bitmap twinsnap-s1 after a full capture: %v", err)
 		}
 		qemuImg(ctx, t, "create", "-q", "-f", "qcow2", target, "32M")
-		removeBitmap(ctx, t, q, d1.NodeName, "ts")
+		removeBitmap(ctx, t, q, d1.NodeName, "twinsnap-s1")
 	}
 }
 
@@ -305,7 +302,7 @@ func TestCaptureVM(t *testing.T) {
 	opts := hypervisor.QuiesceOptions{Desire: hypervisor.Application, Require: hypervisor.Application, FreezeEnabled: true, Logger: quiet}
 	res, err := hypervisor.Capture(ctx, m, ga, hypervisor.CaptureRequest{
 		ID:      "full",
-		Volumes: []hypervisor.CaptureVolume{{Volume: "data1", Target: full, Mode: hypervisor.CaptureFull, Bitmap: "ts"}},
+		Volumes: []hypervisor.CaptureVolume{{Volume: "data1", Target: full, Mode: hypervisor.CaptureFull, NewBitmap: "twinsnap-full"}},
 		Quiesce: opts,
 	})
 	if err != nil {
@@ -314,7 +311,7 @@ func TestCaptureVM(t *testing.T) {
 	logCapture(t, "full", res)
 	v := res.Volumes[0]
 	if res.Quiesce.Achieved != hypervisor.Application || !reflect.DeepEqual(res.Quiesce.Frozen, []string{"/mnt/data1"}) ||
-		v.Bytes != 128<<20 || v.BitmapAction != "add" || v.Error != "" {
+		v.Bytes != 128<<20 || v.NewBitmap != "twinsnap-full" || v.Error != "" {
 		t.Fatalf("full capture: %+v", res)
 	}
 	assertNoCaptureNodes(ctx, t, q)
@@ -324,14 +321,14 @@ func TestCaptureVM(t *testing.T) {
 	qemuImg(ctx, t, "create", "-q", "-f", "qcow2", "-b", full, "-F", "qcow2", inc)
 	res, err = hypervisor.Capture(ctx, m, ga, hypervisor.CaptureRequest{
 		ID:      "inc",
-		Volumes: []hypervisor.CaptureVolume{{Volume: "data1", Target: inc, Mode: hypervisor.CaptureIncremental, Bitmap: "ts"}},
+		Volumes: []hypervisor.CaptureVolume{{Volume: "data1", Target: inc, Mode: hypervisor.CaptureIncremental, Bitmap: "twinsnap-full", NewBitmap: "twinsnap-inc"}},
 		Quiesce: opts,
 	})
 	if err != nil {
 		t.Fatalf("incremental Capture: %v", err)
 	}
 	logCapture(t, "incremental", res)
-	if v := res.Volumes[0]; v.BitmapAction != "sync" || v.Bytes < 512<<10 || v.Bytes > 16<<20 {
+	if v := res.Volumes[0]; v.Bitmap != "twinsnap-full" || v.Bytes < 512<<10 || v.Bytes > 16<<20 {
 		t.Fatalf("incremental capture copied %d bytes (%+v); want the 512 KiB written and metadata", v.Bytes, v)
 	}
 	assertNoCaptureNodes(ctx, t, q)
