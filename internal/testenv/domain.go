@@ -42,6 +42,10 @@ type Domain struct {
 	QEMULog string
 	// MAC is the MAC address of the virtio NIC.
 	MAC string
+	// UEFIVars is the domain's UEFI variable store (<os><nvram>) when it
+	// boots with OVMF (VMOptions.UEFI), else empty. libvirt creates it
+	// from OVMFVars when the domain first starts.
+	UEFIVars string
 	// Disks are the volumes, the boot volume first. DeviceID is the
 	// virtio-blk device's QOM id (libvirt alias "ua-disk-<serial>");
 	// NodeName is the qcow2 node libvirt gave it (libvirt-<n>-format).
@@ -113,9 +117,9 @@ func StartDomain(tb testing.TB, lv *Libvirtd, opts VMOptions) *Domain {
 // one ext4 qcow2 per data disk), defines a TCG domain for them on lv, and
 // starts it. It does not wait for the guest agent (see WaitAgent). Of
 // VMOptions it uses Name (required to be unique on lv; a random one when
-// empty), DataDisks, BootPath, MemoryMiB, CPUs, MAC and ExtraArgs (passed
-// to QEMU through libvirt's qemu:commandline). On error no domain is left
-// defined.
+// empty), DataDisks, BootPath, MemoryMiB, CPUs, MAC, UEFI and ExtraArgs
+// (passed to QEMU through libvirt's qemu:commandline). On error no domain
+// is left defined.
 func DefineDomain(ctx context.Context, lv *Libvirtd, img *GuestImage, dir string, opts VMOptions) (*Domain, error) {
 	qemu, err := LookBinary("qemu-system-x86_64")
 	if err != nil {
@@ -136,6 +140,11 @@ func DefineDomain(ctx context.Context, lv *Libvirtd, img *GuestImage, dir string
 	if opts.MAC == "" {
 		opts.MAC = RandomMAC()
 	}
+	if opts.UEFI {
+		if err := lookOVMF(); err != nil {
+			return nil, err
+		}
+	}
 	dir, err = filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("testenv: domain dir: %w", err)
@@ -148,6 +157,9 @@ func DefineDomain(ctx context.Context, lv *Libvirtd, img *GuestImage, dir string
 		MAC:       opts.MAC,
 		Image:     img,
 		lv:        lv,
+	}
+	if opts.UEFI {
+		d.UEFIVars = filepath.Join(dir, "OVMF_VARS.fd")
 	}
 
 	d.Disks, err = prepareDisks(ctx, img, dir, opts)
@@ -219,6 +231,11 @@ func domainXMLFor(lv *Libvirtd, img *GuestImage, qemu string, d *Domain, opts VM
 		OnPoweroff: "destroy",
 		OnReboot:   "destroy", // the guest reboots on panic; like -no-reboot
 		OnCrash:    "destroy",
+	}
+	if d.UEFIVars != "" {
+		// OVMF boots the kernel from fw_cfg, as with QEMU's -kernel.
+		x.OS.Loader = &loaderXML{ReadOnly: "yes", Type: "pflash", Path: OVMFCode}
+		x.OS.NVRAM = &nvramXML{Template: OVMFVars, Path: d.UEFIVars}
 	}
 	dev := &x.Devices
 	dev.Emulator = qemu
@@ -468,10 +485,21 @@ type (
 		Value string `xml:",chardata"`
 	}
 	osXML struct {
-		Type    osTypeXML `xml:"type"`
-		Kernel  string    `xml:"kernel"`
-		Initrd  string    `xml:"initrd"`
-		Cmdline string    `xml:"cmdline"`
+		Type    osTypeXML  `xml:"type"`
+		Loader  *loaderXML `xml:"loader"`
+		NVRAM   *nvramXML  `xml:"nvram"`
+		Kernel  string     `xml:"kernel"`
+		Initrd  string     `xml:"initrd"`
+		Cmdline string     `xml:"cmdline"`
+	}
+	loaderXML struct {
+		ReadOnly string `xml:"readonly,attr"`
+		Type     string `xml:"type,attr"`
+		Path     string `xml:",chardata"`
+	}
+	nvramXML struct {
+		Template string `xml:"template,attr"`
+		Path     string `xml:",chardata"`
 	}
 	osTypeXML struct {
 		Arch    string `xml:"arch,attr"`

@@ -49,6 +49,11 @@ type VMOptions struct {
 	MAC string
 	// ExtraArgs are appended to the QEMU command line.
 	ExtraArgs []string
+	// UEFI boots the guest with OVMF (OVMFCode as read-only pflash unit 0,
+	// a per-VM copy of OVMFVars as pflash unit 1) instead of SeaBIOS. The
+	// kernel still boots directly: OVMF loads it from QEMU's fw_cfg and
+	// starts it through its EFI stub.
+	UEFI bool
 	// ReadyTimeout bounds the wait for the guest agent; default 3 minutes.
 	ReadyTimeout time.Duration
 }
@@ -77,12 +82,32 @@ type VM struct {
 	AgentSocket string
 	SerialLog   string
 	MAC         string
-	Disks       []Disk
-	Image       *GuestImage
+	// UEFIVars is the VM's UEFI variable store (VMOptions.UEFI), else
+	// empty.
+	UEFIVars string
+	Disks    []Disk
+	Image    *GuestImage
 	// Args is the QEMU command line, as started.
 	Args []string
 
 	proc *Process
+}
+
+// The OVMF firmware of Debian's ovmf package (scripts/deps installs it):
+// the 2 MiB build, which runs on the pc machine type without SMM.
+const (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS.fd"
+)
+
+// lookOVMF returns an ErrUnavailable error when OVMF is not installed.
+func lookOVMF() error {
+	for _, f := range []string{OVMFCode, OVMFVars} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%w: UEFI firmware %s missing (install ovmf; run scripts/deps): %w", ErrUnavailable, f, err)
+		}
+	}
+	return nil
 }
 
 var serialRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,20}$`)
@@ -156,17 +181,31 @@ func LaunchVM(ctx context.Context, img *GuestImage, dir string, opts VMOptions) 
 		"-m", fmt.Sprint(opts.MemoryMiB),
 		"-smp", fmt.Sprint(opts.CPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+	}
+	if opts.UEFI {
+		if err := lookOVMF(); err != nil {
+			return nil, err
+		}
+		vm.UEFIVars = filepath.Join(dir, "OVMF_VARS.fd")
+		if err := copyFile(OVMFVars, vm.UEFIVars, 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vm.UEFIVars)
+	}
+	args = append(args,
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
 		"-append", img.Cmdline(BootSerial),
-		"-serial", "file:" + vm.SerialLog,
-		"-chardev", "socket,id=qmp,path=" + vm.QMPSocket + ",server=on,wait=off",
+		"-serial", "file:"+vm.SerialLog,
+		"-chardev", "socket,id=qmp,path="+vm.QMPSocket+",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
-		"-chardev", "socket,id=qga,path=" + vm.AgentSocket + ",server=on,wait=off",
+		"-chardev", "socket,id=qga,path="+vm.AgentSocket+",server=on,wait=off",
 		"-device", "virtio-serial-pci,id=vser0",
 		"-device", "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
 		"-netdev", "user,id=net0,restrict=on",
-		"-device", "virtio-net-pci,netdev=net0,id=nic0,mac=" + vm.MAC,
-	}
+		"-device", "virtio-net-pci,netdev=net0,id=nic0,mac="+vm.MAC,
+	)
 	for i := range vm.Disks {
 		d := &vm.Disks[i]
 		d.NodeName = "vol-" + d.Serial
