@@ -134,9 +134,3 @@ func (s nameSet) add(name string) error {
 	s[key] = name
 	return nil
 }
-
-// has reports whether a name equal to name up to case was added.
-func (s nameSet) has(name string) bool {
-	_, ok := s[strings.ToLower(name)]
-	return ok
-}
