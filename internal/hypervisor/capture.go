@@ -288,7 +288,9 @@ type capVol struct {
 // the jobs it started were cancelled and dismissed, the targets closed
 // (their content is undefined; the caller deletes them), the NewBitmaps
 // the transaction may have added removed, and the Bitmaps left as they
-// were. Failures wrap ErrConsistency, ErrThaw, ErrCapture, ErrJobFailed,
+// were. What that cleanup could not do (the connection to QEMU was lost,
+// say) is joined to the error; CleanupStale and RemoveBitmaps finish it.
+// Failures wrap ErrConsistency, ErrThaw, ErrCapture, ErrJobFailed,
 // ErrNotFound, ErrBitmapInvalid or ErrTimeout.
 func Capture(ctx context.Context, m Machine, agent FreezeAgent, req CaptureRequest) (CaptureResult, error) {
 	start := time.Now()

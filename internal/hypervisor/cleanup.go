@@ -49,11 +49,12 @@ type CleanupReport struct {
 // a stale capture's NewBitmap stays until the caller removes it.
 // An empty prefix is refused.
 //
-// A daemon calls it for each local VM when it starts, before anything
-// else touches the VM, with prefix CapturePrefix (every capture that was
-// in progress is half-written and discarded, so none of its jobs or
-// targets is needed): after ThawIfFrozen, which thaws a guest that the
-// dead daemon left frozen. It then removes (ListBitmaps, RemoveBitmaps)
+// A daemon calls it for each local VM when it starts, with prefix
+// CapturePrefix, before anything else touches the VM (only ThawIfFrozen,
+// which thaws a guest that the dead daemon left frozen, comes first):
+// every capture that was in progress is half-written and discarded, so
+// none of its jobs or targets is needed. It then removes (ListBitmaps,
+// RemoveBitmaps)
 // every bitmap named "twinsnap-<snapshot id>" that no kept snapshot owns
 // (the NewBitmap of a capture that did not complete records the writes
 // since a point in time that nothing kept has), and every inconsistent
