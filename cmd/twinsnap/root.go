@@ -96,7 +96,8 @@ one cannot be reached.`
 	pf.StringVar(&g.keyFile, "key", "", "admin private key (default <tls-dir>/"+keyFileName+")")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "bound on the whole command's calls to the API")
 
-	root.AddCommand(newNodeCommand(g), newClusterCommand(g), newSettingsCommand(g), newVMCommand(g), newVersionCommand(g))
+	root.AddCommand(newNodeCommand(g), newClusterCommand(g), newSettingsCommand(g), newVMCommand(g),
+		newVolumeContainerCommand(g), newVersionCommand(g))
 	return root
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -44,11 +45,12 @@ type vmRegisterOptions struct {
 	bootVolume             string
 	noFreeze               bool
 	freezeTimeout          time.Duration
+	containerPercent       int
 	output                 outputFormat
 
 	// Which flags were given (cobra's Changed), for flags whose default
 	// or empty value cannot tell.
-	qmpSet, agentSet, domainSet, uriSet, timeoutSet bool
+	qmpSet, agentSet, domainSet, uriSet, timeoutSet, percentSet bool
 }
 
 // newVMRegisterCommand returns "twinsnap vm register NAME".
@@ -71,10 +73,17 @@ guest's file systems on the selected volumes through the guest agent, and
 --freeze-timeout bounds freeze, capture and thaw together. --no-freeze
 registers the VM for crash-consistent snapshots only.
 
+Each volume gets a container on every data node: the space set aside for
+the volume and its snapshot data. --container-percent sizes it as a
+percentage of the volume's virtual size (default 300: the volume plus
+twice its size for snapshots; 100 holds the volume alone). Containers can
+grow later ('twinsnap volume-container expand'), never shrink.
+
 It prints the registered VM as 'twinsnap vm show' does.`,
 		Example: `  twinsnap vm register web1 --qmp-socket /run/qemu/web1.qmp --agent-socket /run/qemu/web1.qga
   twinsnap vm register db1 --libvirt-domain db1 --host n2 --boot-volume vda --freeze-timeout 20s
-  twinsnap vm register scratch --libvirt-domain scratch --no-freeze -o json`,
+  twinsnap vm register scratch --libvirt-domain scratch --no-freeze -o json
+  twinsnap vm register big1 --libvirt-domain big1 --container-percent 150`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.name = args[0]
@@ -82,6 +91,7 @@ It prints the registered VM as 'twinsnap vm show' does.`,
 			opts.qmpSet, opts.agentSet = f.Changed("qmp-socket"), f.Changed("agent-socket")
 			opts.domainSet, opts.uriSet = f.Changed("libvirt-domain"), f.Changed("libvirt-uri")
 			opts.timeoutSet = f.Changed("freeze-timeout")
+			opts.percentSet = f.Changed("container-percent")
 			return runVMRegister(cmd.Context(), g, opts)
 		},
 	}
@@ -94,6 +104,7 @@ It prints the registered VM as 'twinsnap vm show' does.`,
 	f.StringVar(&opts.bootVolume, "boot-volume", "", `boot disk, by serial or QEMU device id (default: the disk with serial "boot", else the first disk)`)
 	f.BoolVar(&opts.noFreeze, "no-freeze", false, "never freeze the guest's file systems: crash-consistent snapshots only")
 	f.DurationVar(&opts.freezeTimeout, "freeze-timeout", 10*time.Second, "bound on freeze, capture and thaw together, whole milliseconds")
+	f.IntVar(&opts.containerPercent, "container-percent", 0, "size of each volume's container as a percentage of the volume's size, at least 100 (server default 300)")
 	addOutputFlag(cmd, &opts.output)
 	return cmd
 }
@@ -137,6 +148,12 @@ func (o vmRegisterOptions) request() (api.VMRegisterRequest, error) {
 		req.Driver = driverLibvirt
 		req.Libvirt = alloc(req.Libvirt)
 		req.Libvirt.URI, req.Libvirt.Domain = o.libvirtURI, o.libvirtDomain
+	}
+	if o.percentSet {
+		if o.containerPercent < 100 {
+			return req, usagef("--container-percent must be at least 100 (the volume itself), got %d", o.containerPercent)
+		}
+		req.ContainerPercent = o.containerPercent
 	}
 	enabled := !o.noFreeze
 	req.FreezeEnabled = &enabled
@@ -421,6 +438,40 @@ func (c consistency) rank() int {
 	return 0
 }
 
+// checkVolumeNames refuses empty and repeated names in --volumes.
+func checkVolumeNames(names []string) error {
+	seen := map[string]bool{}
+	for _, v := range names {
+		if v == "" {
+			return usagef("--volumes holds an empty name")
+		}
+		if seen[v] {
+			return usagef("--volumes names %s twice", v)
+		}
+		seen[v] = true
+	}
+	return nil
+}
+
+// checkConsistencies refuses --require above --desire, taking the
+// server's defaults (application, crash) for flags not given.
+func checkConsistencies(desire, require consistency) error {
+	d, r := desire.or(consistencyApplication), require.or(consistencyCrash)
+	if r.rank() > d.rank() {
+		return usagef("--require %s is above --desire %s", r, d)
+	}
+	return nil
+}
+
+// registerConsistencyCompletion completes --desire and --require.
+func registerConsistencyCompletion(cmd *cobra.Command) {
+	for _, name := range []string{"desire", "require"} {
+		_ = cmd.RegisterFlagCompletionFunc(name, func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+			return []string{string(consistencyApplication), string(consistencyCrash)}, cobra.ShellCompDirectiveNoFileComp
+		})
+	}
+}
+
 // vmCheckQuiesceOptions are the flags and argument of "vm check-quiesce".
 type vmCheckQuiesceOptions struct {
 	vm      string
@@ -466,11 +517,7 @@ thawed.`,
 	f.DurationVar(&opts.hold, "hold", 0, "how long to keep the file systems frozen, whole milliseconds, at most the VM's freeze timeout")
 	f.Var(&opts.desire, "desire", "consistency to try: application (freeze through the guest agent) or crash (no freeze) (default application)")
 	f.Var(&opts.require, "require", "lowest consistency accepted: application or crash (default crash)")
-	for _, name := range []string{"desire", "require"} {
-		_ = cmd.RegisterFlagCompletionFunc(name, func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-			return []string{string(consistencyApplication), string(consistencyCrash)}, cobra.ShellCompDirectiveNoFileComp
-		})
-	}
+	registerConsistencyCompletion(cmd)
 	addOutputFlag(cmd, &opts.output)
 	return cmd
 }
@@ -482,19 +529,11 @@ func (o vmCheckQuiesceOptions) request() (api.QuiesceCheckRequest, error) {
 	if o.vm == "" {
 		return req, usagef("the VM name is empty")
 	}
-	desire, require := o.desire.or(consistencyApplication), o.require.or(consistencyCrash)
-	if require.rank() > desire.rank() {
-		return req, usagef("--require %s is above --desire %s", require, desire)
+	if err := checkConsistencies(o.desire, o.require); err != nil {
+		return req, err
 	}
-	seen := map[string]bool{}
-	for _, v := range o.volumes {
-		if v == "" {
-			return req, usagef("--volumes holds an empty name")
-		}
-		if seen[v] {
-			return req, usagef("--volumes names %s twice", v)
-		}
-		seen[v] = true
+	if err := checkVolumeNames(o.volumes); err != nil {
+		return req, err
 	}
 	ms, err := wholeMillis("--hold", o.hold)
 	if err != nil {
@@ -569,6 +608,19 @@ func printQuiesceCheckTable(b *bytes.Buffer, r *api.QuiesceCheckResult) {
 	t.flush()
 }
 
+// resolveVM returns the id of the VM named by name or id, "" for "" (no
+// filter). An unknown VM is an error (exit 5), not an empty list.
+func resolveVM(ctx context.Context, c *api.Client, vm string) (string, error) {
+	if vm == "" {
+		return "", nil
+	}
+	v, err := c.VM(ctx, vm)
+	if err != nil {
+		return "", hintVMNotFound(fmt.Errorf("getting VM %s: %w", vm, err))
+	}
+	return v.ID, nil
+}
+
 // hintVMNotFound adds the way to find a VM's name to a not_found error.
 func hintVMNotFound(err error) error {
 	if errors.Is(err, api.ErrNotFound) {
@@ -610,9 +662,15 @@ func wholeMillis(flag string, d time.Duration) (int64, error) {
 }
 
 // formatIEC shows a byte count with binary prefixes and at most one
-// decimal: "512 B", "1.5 GiB", "20 GiB".
+// decimal: "512 B", "1.5 GiB", "20 GiB", "-3 MiB".
 func formatIEC(n int64) string {
 	const units = "KMGTPE"
+	if n < 0 {
+		if n == math.MinInt64 {
+			return "-8 EiB"
+		}
+		return "-" + formatIEC(-n)
+	}
 	if n < 1024 {
 		return strconv.FormatInt(n, 10) + " B"
 	}
