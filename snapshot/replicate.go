@@ -88,11 +88,23 @@ func decodeSum(s string, out *[32]byte) error {
 // images of partial snapshots this node has no verified replica of, and
 // places them where the snapshot's volume container keeps them.
 func (e *Engine) Path(snapshotID, volumeID string) (string, error) {
-	i := slices.IndexFunc(e.cfg.Cluster.Snapshots(), func(r Record) bool { return r.ID == snapshotID })
-	if i < 0 {
-		return "", fmt.Errorf("%w: %s", ErrUnknown, snapshotID)
+	// The coordinator starts sending as soon as the capture is committed;
+	// this node may apply that entry a moment later.
+	var rec Record
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		snaps := e.cfg.Cluster.Snapshots()
+		i := slices.IndexFunc(snaps, func(r Record) bool { return r.ID == snapshotID })
+		if i >= 0 {
+			rec = snaps[i]
+		}
+		if (i >= 0 && rec.State != StateCreating) || time.Now().After(deadline) {
+			if i < 0 {
+				return "", fmt.Errorf("%w: %s", ErrUnknown, snapshotID)
+			}
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	rec := e.cfg.Cluster.Snapshots()[i]
 	if rec.State != StatePartial || rec.verifiedOn(e.cfg.Node) {
 		return "", fmt.Errorf("%w: snapshot %s is %s", ErrUnknown, snapshotID, rec.State)
 	}

@@ -36,6 +36,8 @@ const (
 	MaxFreezeTimeout = 5 * time.Minute
 	// MaxSerialLen is the longest volume serial (virtio-blk's limit).
 	MaxSerialLen = 20
+	// MaxPathLen is the longest file path a record holds.
+	MaxPathLen = 4096
 	// MaxSocketPathLen is the longest Unix socket path (sun_path less the NUL).
 	MaxSocketPathLen = 107
 	// MaxURLLen is the longest URL (share locations, libvirt URIs).

@@ -1,6 +1,9 @@
 package command
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Driver says how twinsnap reaches a VM.
 type Driver string
@@ -63,6 +66,9 @@ type Volume struct {
 	SizeBytes int64 `json:"size_bytes"`
 	// Format is the image format.
 	Format VolumeFormat `json:"format"`
+	// Path is the volume's image file on its host node, as QEMU reported
+	// it at registration; it lets a stopped VM be copied.
+	Path string `json:"path,omitempty"`
 }
 
 // VM describes a VM as VMRegistered and VMUpdated carry it.
@@ -163,6 +169,9 @@ func validateVolumes(vols []Volume) error {
 		}
 		if err := checkBytes(idx("volumes", i, "size_bytes"), v.SizeBytes, 1); err != nil {
 			return err
+		}
+		if v.Path != "" && (!strings.HasPrefix(v.Path, "/") || len(v.Path) > MaxPathLen || strings.ContainsRune(v.Path, 0)) {
+			return invalid(idx("volumes", i, "path"), "%q: an absolute path of at most %d bytes", v.Path, MaxPathLen)
 		}
 		if !v.Format.Valid() {
 			return invalid(idx("volumes", i, "format"), "%q is not qcow2 or raw", v.Format)

@@ -288,3 +288,10 @@ func (c *Client) ExpandVolumeContainer(ctx context.Context, volume string, req C
 	var out VolumeContainerList
 	return &out, c.do(ctx, http.MethodPost, "/volume-containers/"+url.PathEscape(volume)+"/expand", req, &out)
 }
+
+// SnapshotProgress returns what a node's snapshot engine is doing for a
+// snapshot (ask the snapshot's coordinator).
+func (c *Client) SnapshotProgress(ctx context.Context, id string) (*SnapshotProgress, error) {
+	var out SnapshotProgress
+	return &out, c.do(ctx, http.MethodGet, "/snapshots/"+url.PathEscape(id)+"/progress", nil, &out)
+}

@@ -47,6 +47,15 @@ func (d *Daemon) routes() http.Handler {
 		{"POST /v1/vms", adminOrNode, d.postVM},
 		{"DELETE /v1/vms/{id}", admin, d.deleteVM},
 		{"POST /v1/vms/{id}/quiesce-check", adminOrNode, d.postQuiesceCheck},
+		{"GET /v1/snapshots", admin, d.getSnapshots},
+		{"POST /v1/snapshots", adminOrNode, d.postSnapshot},
+		{"GET /v1/snapshots/{id}", admin, d.getSnapshot},
+		{"DELETE /v1/snapshots/{id}", admin, d.deleteSnapshot},
+		{"GET /v1/snapshots/{id}/progress", adminOrNode, d.getSnapshotProgress},
+		{"GET /v1/snapshots/{id}/config", admin, d.getSnapshotConfig},
+		{"POST /v1/snapshots/{id}/create-vm", adminOrNode, d.postCreateVM},
+		{"GET /v1/volume-containers", admin, d.getContainers},
+		{"POST /v1/volume-containers/{volume}/expand", admin, d.postContainerExpand},
 	} {
 		mux.Handle(rt.pattern, d.guard(rt))
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/twinsnap/twinsnap/cluster/pki"
 	"github.com/twinsnap/twinsnap/cluster/state"
 	"github.com/twinsnap/twinsnap/internal/api"
+	"github.com/twinsnap/twinsnap/snapshot"
+	"github.com/twinsnap/twinsnap/volumes"
 )
 
 // Version is the twinsnap release, set at build time with -ldflags.
@@ -34,6 +36,10 @@ type Daemon struct {
 	srv    *http.Server
 	// peerTLS is the client configuration for calls to peers' APIs.
 	peerTLS *tls.Config
+	// store, engine and dataLn exist on data nodes only.
+	store  *volumes.Store
+	engine *snapshot.Engine
+	dataLn net.Listener
 
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -142,6 +148,9 @@ func Start(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		<-d.done
 		cancel()
 	}()
+	if err := d.startSnapshots(ctx); err != nil {
+		return nil, err
+	}
 	d.wg.Add(2)
 	go func() {
 		defer d.wg.Done()
@@ -247,10 +256,13 @@ func (d *Daemon) close() error {
 	} else if d.apiLn != nil {
 		errs = append(errs, d.apiLn.Close())
 	}
+	if d.dataLn != nil {
+		d.dataLn.Close()
+	}
+	d.wg.Wait()
 	if d.node != nil {
 		errs = append(errs, d.node.Close())
 	}
-	d.wg.Wait()
 	return errors.Join(errs...)
 }
 

@@ -127,6 +127,9 @@ func (d *Daemon) postVM(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(r, &req); err != nil {
 		return err
 	}
+	if req.ContainerPercent != 0 && (req.ContainerPercent < 100 || req.ContainerPercent > 100000) {
+		return apiError(api.CodeInvalid, fmt.Sprintf("container percent %d: at least 100 (the volume itself), at most 100000", req.ContainerPercent))
+	}
 	if req.HostNode == "" {
 		if d.cfg.Role != command.RoleData {
 			return apiError(api.CodeInvalid, "host_node is required when registering through the witness")
@@ -161,6 +164,9 @@ func (d *Daemon) postVM(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), writeTimeout)
 	defer cancel()
 	if err := d.waitApplied(ctx, res.Index); err != nil {
+		return err
+	}
+	if err := d.createContainers(ctx, vm, req.ContainerPercent); err != nil {
 		return err
 	}
 	d.log.Info("registered a VM", "vm", vm.Name, "id", vm.ID, "volumes", len(vm.Volumes), "by", callerOf(r).name)
@@ -226,6 +232,9 @@ func (d *Daemon) inspectVM(ctx context.Context, req api.VMRegisterRequest) (comm
 			return vm, apiError(api.CodeInvalid, fmt.Sprintf("disk %s has format %q; twinsnap handles qcow2 and raw", name, dev.Format))
 		}
 		vol := command.Volume{ID: vm.ID[:8] + "-" + name, Name: name, Serial: dev.Serial, SizeBytes: dev.VirtualSize, Format: format}
+		if strings.HasPrefix(dev.File, "/") {
+			vol.Path = dev.File
+		}
 		if req.BootVolume != "" && (req.BootVolume == dev.Serial || req.BootVolume == dev.DeviceID || req.BootVolume == name) {
 			boot = len(vm.Volumes)
 		}
