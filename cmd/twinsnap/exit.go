@@ -41,6 +41,30 @@ var errUsage = errors.New("usage error")
 // handshake.
 var errTLSSetup = errors.New("TLS files")
 
+// errFailed marks an operation that the cluster ran and that failed: a
+// snapshot discarded while the CLI waited for it. It exits 1.
+var errFailed = errors.New("operation failed")
+
+// errWaitEnded marks a wait that ended before the operation finished
+// (--timeout, or an interrupt); the operation goes on. It exits 8, as an
+// unknown outcome does.
+var errWaitEnded = errors.New("stopped waiting")
+
+// markedError gives an error a second identity: it matches mark (and
+// still matches whatever it wraps) and keeps err's message.
+type markedError struct{ mark, err error }
+
+// Error returns the wrapped error's message.
+func (e *markedError) Error() string { return e.err.Error() }
+
+// Unwrap returns the mark and the wrapped error.
+func (e *markedError) Unwrap() []error { return []error{e.mark, e.err} }
+
+// markf returns an error with a formatted message that matches mark.
+func markf(mark error, format string, args ...any) error {
+	return &markedError{mark: mark, err: fmt.Errorf(format, args...)}
+}
+
 // usageError wraps an error so that it matches errUsage (and still matches
 // whatever it wraps).
 type usageError struct{ err error }
@@ -85,7 +109,7 @@ type exitRule struct {
 // connection error that caused it.
 var exitRules = []exitRule{
 	{exitUsage, []error{errUsage}, "usage error: bad flags or arguments, or a confirmation missing (--yes) or declined"},
-	{exitUnknownResult, []error{api.ErrUnknownResult}, "outcome unknown: a change was sent but its result is not known; check before retrying"},
+	{exitUnknownResult, []error{api.ErrUnknownResult, errWaitEnded}, "outcome unknown: a change was sent but its result is not known, or waiting for it ended first (--timeout, interrupt); check before retrying"},
 	{exitConnect, []error{api.ErrConnect, errTLSSetup}, "cannot reach any server, or TLS failure (certificate files missing or unusable, handshake refused)"},
 	{exitUnauthorized, []error{api.ErrUnauthorized}, "unauthorized: the certificate's role may not do this"},
 	{exitNotFound, []error{api.ErrNotFound}, "not found"},
@@ -93,7 +117,7 @@ var exitRules = []exitRule{
 	{exitUnavailable, []error{api.ErrUnavailable}, "unavailable: no leader, quorum lost, or the node is shutting down"},
 	{exitNoSpace, []error{api.ErrNoSpace}, "no space in a volume container"},
 	{exitInvalid, []error{api.ErrInvalid}, "invalid request, refused by the server's validation"},
-	{exitInternal, []error{api.ErrInternal}, "internal or unexpected error"},
+	{exitInternal, []error{api.ErrInternal, errFailed}, "failure: the operation failed on the cluster (a snapshot discarded while waiting), or an internal or unexpected error"},
 }
 
 // exitCode returns the exit code for err: 0 for nil, the first matching
@@ -150,7 +174,9 @@ func hints(g *globalOptions, cmd *cobra.Command, err error) []string {
 			out = append(out, fmt.Sprintf("run '%s --help' for usage", cmd.CommandPath()))
 		}
 	case errors.Is(err, api.ErrUnknownResult):
-		out = append(out, "the change may or may not have been applied: check (twinsnap node list, twinsnap settings show) before retrying")
+		if len(out) == 0 {
+			out = append(out, "the change may or may not have been applied: check (twinsnap node list, twinsnap settings show) before retrying")
+		}
 	case errors.Is(err, api.ErrConnect):
 		out = append(out, connectHints(g, err)...)
 	case errors.Is(err, api.ErrUnauthorized):

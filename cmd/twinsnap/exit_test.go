@@ -244,6 +244,9 @@ func TestExitCode(t *testing.T) {
 		{fmt.Errorf("%w: %w", api.ErrUnknownResult, api.ErrConnect), exitUnknownResult},
 		{&api.Error{Status: 409, Detail: api.ErrorDetail{Code: api.CodeDisabled}}, exitConflict},
 		{withHint(fmt.Errorf("x: %w", api.ErrNoSpace), "h"), exitNoSpace},
+		{withHint(markf(errFailed, "snapshot %s was discarded", "s1"), "h"), exitInternal},
+		{markf(errWaitEnded, "stopped waiting"), exitUnknownResult},
+		{&markedError{mark: errWaitEnded, err: fmt.Errorf("x: %w", api.ErrConnect)}, exitUnknownResult},
 	} {
 		if got := exitCode(tc.err); got != tc.want {
 			t.Fatalf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)

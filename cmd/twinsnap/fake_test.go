@@ -116,22 +116,31 @@ type reply struct {
 	body   string
 }
 
-// fakeAPI serves canned JSON for each endpoint ("METHOD /v1/path") and
-// records the requests it gets.
+// fakeAPI serves canned JSON for each endpoint ("METHOD /v1/path", or
+// "METHOD /v1/path?query" to answer one query alone) and records the
+// requests it gets.
 type fakeAPI struct {
 	routes map[string]reply
+	// sequences answer an endpoint with successive replies, one per
+	// request; the last one repeats. They win over routes.
+	sequences map[string][]reply
 	// delay holds every answer back, until the request is abandoned.
 	delay time.Duration
 
 	mu       sync.Mutex
-	requests []string // "METHOD /v1/path body"
+	requests []string       // "METHOD /v1/path?query body"
+	served   map[string]int // requests answered from each sequence
 }
 
 func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	key := r.Method + " " + r.URL.EscapedPath()
+	full := key
+	if r.URL.RawQuery != "" {
+		full += "?" + r.URL.RawQuery
+	}
 	f.mu.Lock()
-	f.requests = append(f.requests, strings.TrimSpace(key+" "+string(body)))
+	f.requests = append(f.requests, strings.TrimSpace(full+" "+string(body)))
 	f.mu.Unlock()
 	if f.delay > 0 {
 		select {
@@ -140,7 +149,10 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	rep, ok := f.routes[key]
+	rep, ok := f.next(full)
+	if !ok {
+		rep, ok = f.next(key)
+	}
 	if !ok {
 		rep = reply{http.StatusNotFound, `{"error":{"code":"not_found","message":"no route ` + key + `"}}`}
 	}
@@ -150,6 +162,22 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(rep.status)
 	_, _ = io.WriteString(w, rep.body)
+}
+
+// next returns the reply for key: the next of its sequence, or its route.
+func (f *fakeAPI) next(key string) (reply, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if seq := f.sequences[key]; len(seq) > 0 {
+		if f.served == nil {
+			f.served = map[string]int{}
+		}
+		i := min(f.served[key], len(seq)-1)
+		f.served[key]++
+		return seq[i], true
+	}
+	rep, ok := f.routes[key]
+	return rep, ok
 }
 
 // seen returns the requests received so far.
@@ -193,7 +221,15 @@ type cliSetup struct {
 	env      map[string]string
 	stdin    string
 	terminal bool
+	// stdoutWidth > 0 makes stdout a terminal that wide.
+	stdoutWidth int
 }
+
+// testZone is the time zone of the CLI runs: one hour east of UTC.
+var testZone = time.FixedZone("CET", 3600)
+
+// testPoll is how often the CLI runs poll a waited-for operation.
+const testPoll = 20 * time.Millisecond
 
 // result is the outcome of one CLI run.
 type result struct {
@@ -217,6 +253,9 @@ func runCLIWith(t *testing.T, setup cliSetup, args ...string) result {
 		stderr:          &stderr,
 		getenv:          func(k string) string { return setup.env[k] },
 		stdinIsTerminal: func() bool { return setup.terminal },
+		stdoutTerminal:  func() (int, bool) { return setup.stdoutWidth, setup.stdoutWidth > 0 },
+		location:        testZone,
+		pollInterval:    testPoll,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

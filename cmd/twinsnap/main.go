@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"golang.org/x/term"
 )
@@ -27,8 +28,13 @@ func main() {
 	os.Exit(code)
 }
 
+// defaultPollInterval is how often a waiting command asks for news.
+const defaultPollInterval = 500 * time.Millisecond
+
 // cliEnv is what the CLI needs from its process: standard streams, the
-// environment and whether stdin is a terminal. Tests supply their own.
+// environment, whether stdin and stdout are terminals, the time zone and
+// how often to poll. Tests supply their own; the fields after
+// stdinIsTerminal may be left zero.
 type cliEnv struct {
 	stdin  io.Reader
 	stdout io.Writer
@@ -37,6 +43,38 @@ type cliEnv struct {
 	getenv func(string) string
 	// stdinIsTerminal reports whether an operator can answer a prompt.
 	stdinIsTerminal func() bool
+	// stdoutTerminal reports whether stdout is a terminal (progress is
+	// redrawn in place there) and its width in columns, 0 when unknown.
+	stdoutTerminal func() (width int, ok bool)
+	// location is the time zone times are shown in; nil means time.Local.
+	location *time.Location
+	// pollInterval is how often a waiting command asks the API; 0 means
+	// defaultPollInterval.
+	pollInterval time.Duration
+}
+
+// terminalWidth reports whether stdout is a terminal, and its width.
+func (e *cliEnv) terminalWidth() (int, bool) {
+	if e.stdoutTerminal == nil {
+		return 0, false
+	}
+	return e.stdoutTerminal()
+}
+
+// zone returns the time zone times are shown in.
+func (e *cliEnv) zone() *time.Location {
+	if e.location == nil {
+		return time.Local
+	}
+	return e.location
+}
+
+// interval returns how often a waiting command polls.
+func (e *cliEnv) interval() time.Duration {
+	if e.pollInterval <= 0 {
+		return defaultPollInterval
+	}
+	return e.pollInterval
 }
 
 // osEnv returns the environment of the running process.
@@ -47,5 +85,16 @@ func osEnv() *cliEnv {
 		stderr:          os.Stderr,
 		getenv:          os.Getenv,
 		stdinIsTerminal: func() bool { return term.IsTerminal(int(os.Stdin.Fd())) },
+		stdoutTerminal: func() (int, bool) {
+			fd := int(os.Stdout.Fd())
+			if !term.IsTerminal(fd) {
+				return 0, false
+			}
+			w, _, err := term.GetSize(fd)
+			if err != nil {
+				w = 0
+			}
+			return w, true
+		},
 	}
 }

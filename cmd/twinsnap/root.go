@@ -37,6 +37,7 @@ type globalOptions struct {
 	tlsDir                    string
 	caFile, certFile, keyFile string
 	timeout                   time.Duration
+	timeoutSet                bool // --timeout was given
 	resolvedServers           []string
 	files                     tlsFiles
 	ran                       bool // a command's own code was reached (after cobra's parsing)
@@ -76,8 +77,9 @@ one). Servers given with --server are tried in order; the next is tried when
 one cannot be reached.`
 	root.SilenceErrors = true
 	root.SilenceUsage = true
-	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		g.ran = true
+		g.timeoutSet = cmd.Flags().Changed("timeout")
 		return nil
 	}
 	root.SetIn(g.env.stdin)
@@ -94,10 +96,11 @@ one cannot be reached.`
 	pf.StringVar(&g.caFile, "ca", "", "cluster CA certificate (default <tls-dir>/"+caFileName+")")
 	pf.StringVar(&g.certFile, "cert", "", "admin certificate (default <tls-dir>/"+certFileName+")")
 	pf.StringVar(&g.keyFile, "key", "", "admin private key (default <tls-dir>/"+keyFileName+")")
-	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "bound on the whole command's calls to the API")
+	pf.DurationVar(&g.timeout, "timeout", 30*time.Second,
+		"bound on the whole command's calls to the API, waiting included (commands that wait default to more: see their help)")
 
 	root.AddCommand(newNodeCommand(g), newClusterCommand(g), newSettingsCommand(g), newVMCommand(g),
-		newVolumeContainerCommand(g), newVersionCommand(g))
+		newSnapshotCommand(g), newVolumeContainerCommand(g), newVersionCommand(g))
 	return root
 }
 
@@ -133,6 +136,15 @@ func exactArgs(names ...string) cobra.PositionalArgs {
 			return usagef("%s takes %d argument(s), got %d: %s", cmd.CommandPath(), len(names), len(args), strings.Join(args, " "))
 		}
 		return nil
+	}
+}
+
+// defaultTimeout makes d the bound on the command's calls when --timeout
+// was not given: for commands that wait for the cluster to finish
+// something, 30 seconds is too short a default.
+func (g *globalOptions) defaultTimeout(d time.Duration) {
+	if !g.timeoutSet {
+		g.timeout = d
 	}
 }
 
