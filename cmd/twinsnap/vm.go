@@ -29,9 +29,9 @@ const hintVMList = "list the registered VMs with 'twinsnap vm list'"
 
 // newVMCommand returns "twinsnap vm" and its subcommands.
 func newVMCommand(g *globalOptions) *cobra.Command {
-	cmd := newGroupCommand("vm", "Register, list, show and unregister VMs; check their quiescing")
+	cmd := newGroupCommand("vm", "Register, list, show and unregister VMs; check their quiescing; create VMs from snapshots")
 	cmd.AddCommand(newVMRegisterCommand(g), newVMListCommand(g), newVMShowCommand(g),
-		newVMUnregisterCommand(g), newVMCheckQuiesceCommand(g))
+		newVMUnregisterCommand(g), newVMCheckQuiesceCommand(g), newVMCreateFromSnapshotCommand(g))
 	return cmd
 }
 
