@@ -76,10 +76,12 @@ type Samba struct {
 	// successful SMB session setup and tree connect.
 	ReadyAfter time.Duration
 
-	proc      *Process
-	log       *slog.Logger
-	closeOnce sync.Once
-	closeErr  error
+	proc         *Process
+	smbd         string
+	readyTimeout time.Duration
+	log          *slog.Logger
+	closeOnce    sync.Once
+	closeErr     error
 }
 
 const (
@@ -171,14 +173,16 @@ func LaunchSamba(ctx context.Context, dir string, opts SambaOptions) (*Samba, er
 		return nil, err
 	}
 	s := &Samba{
-		Share:       opts.Share,
-		User:        opts.User,
-		Password:    pw,
-		Dir:         filepath.Join(dir, "share"),
-		ConfPath:    filepath.Join(dir, Marker+"-smb.conf"),
-		LogPath:     filepath.Join(dir, "smbd.log"),
-		SigningOnly: opts.SigningOnly,
-		log:         opts.Logger.With("component", "testenv.samba", "dir", dir),
+		smbd:         smbd,
+		readyTimeout: opts.ReadyTimeout,
+		Share:        opts.Share,
+		User:         opts.User,
+		Password:     pw,
+		Dir:          filepath.Join(dir, "share"),
+		ConfPath:     filepath.Join(dir, Marker+"-smb.conf"),
+		LogPath:      filepath.Join(dir, "smbd.log"),
+		SigningOnly:  opts.SigningOnly,
+		log:          opts.Logger.With("component", "testenv.samba", "dir", dir),
 	}
 	for _, sub := range []string{"share", "state", "lock", "cache", "pid", "private", "ncalrpc"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
@@ -356,6 +360,38 @@ func (s *Samba) Dial(ctx context.Context) (*smb2.Share, func() error, error) {
 // Pid returns the process id of the main smbd, which is also the id of the
 // process group holding every smbd it forks.
 func (s *Samba) Pid() int { return s.proc.Pid() }
+
+// Kill ends smbd and every process it forked with SIGKILL, as a crash
+// would: clients see their connections reset. It waits for the main smbd
+// to exit. Restart starts the server again.
+func (s *Samba) Kill() {
+	s.proc.Kill()
+	s.log.Debug("smbd killed", "addr", s.Addr)
+}
+
+// Restart starts smbd again on the same address, with the same
+// configuration, share, user and password, after Kill or a crash; a
+// running smbd is killed first. It returns once a real SMB session can be
+// set up, or when ctx ends. It must not be called after Close.
+func (s *Samba) Restart(ctx context.Context) error {
+	s.proc.Kill()
+	for {
+		clash, err := s.start(ctx, s.smbd, s.readyTimeout)
+		if err == nil {
+			return nil
+		}
+		if !clash || ctx.Err() != nil {
+			return err
+		}
+		// The port is still held (a dying child's socket): try again.
+		s.log.Debug("port still taken, retrying", "addr", s.Addr)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("testenv: restart smbd on %s: %w (last: %w)", s.Addr, ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
 
 // Close stops smbd with SIGTERM, waits for it, and then kills whatever is
 // left of its process group. It is safe to call more than once.
