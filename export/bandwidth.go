@@ -51,30 +51,63 @@ type limitWriter struct {
 	bucket *bucket
 }
 
-// WriteAt implements FileWriter: it writes p in pieces of at most the
-// bucket's burst, each once the bucket holds enough tokens.
+// WriteAt implements FileWriter. It reserves len(p) tokens at once and
+// writes p in pieces of at most the bucket's burst, each at the moment the
+// bucket has paid for it, without waiting for the pieces before it to
+// return: the time a write spends on the wire and the scheduling delays of
+// a busy host then do not eat into the rate, while no more than a burst
+// goes out unpaid. On an error it returns the length of the prefix of p
+// that was written; the tokens of pieces never sent are given back.
 func (w *limitWriter) WriteAt(p []byte, off int64) (int, error) {
-	written := 0
-	for written < len(p) {
-		piece := min(len(p)-written, w.bucket.burst)
-		if err := w.bucket.take(w.ctx, piece); err != nil {
-			return written, fmt.Errorf("export: waiting for bandwidth: %w", err)
+	burst := w.bucket.burst
+	paid := w.bucket.reserve(len(p))
+	pieces := (len(p) + burst - 1) / burst
+	errs := make([]error, pieces)
+	var wg sync.WaitGroup
+	for i := range pieces {
+		lo := i * burst
+		hi := min(lo+burst, len(p))
+		// The reservation is paid off in order: the bytes after this
+		// piece are paid last.
+		at := paid.Add(-w.bucket.duration(len(p) - hi))
+		if err := sleepUntil(w.ctx, at); err != nil {
+			w.bucket.refund(len(p) - lo)
+			for j := i; j < pieces; j++ {
+				errs[j] = fmt.Errorf("export: waiting for bandwidth: %w", err)
+			}
+			break
 		}
-		n, err := w.FileWriter.WriteAt(p[written:written+piece], off+int64(written))
-		written += max(n, 0)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n, err := w.FileWriter.WriteAt(p[lo:hi], off+int64(lo))
+			if err == nil && n < hi-lo {
+				err = io.ErrShortWrite
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
 		if err != nil {
-			return written, err
-		}
-		if n < piece {
-			return written, io.ErrShortWrite
+			return i * burst, err
 		}
 	}
-	return written, nil
+	return len(p), nil
 }
 
-// bucket is a token bucket of bytes. Takers may drive it into debt: each
-// takes its tokens at once and waits until the debt it leaves is paid off,
-// so concurrent takers are served in the order they came, without polling.
+// sleepUntil waits until t or until ctx ends.
+func sleepUntil(ctx context.Context, t time.Time) error {
+	if d := time.Until(t); d > 0 {
+		return sleep(ctx, d)
+	}
+	return ctx.Err()
+}
+
+// bucket is a token bucket of bytes that takers drive into debt: each
+// reserves its tokens at once and learns when the debt it leaves is paid
+// off, so concurrent takers are served in the order they came, without
+// polling, and a taker may reserve more than the burst.
 type bucket struct {
 	rate  float64 // tokens (bytes) per second
 	burst int     // the most tokens the bucket holds
@@ -89,27 +122,35 @@ func newBucket(bytesPerSec int64) *bucket {
 	return &bucket{rate: float64(bytesPerSec), burst: int(burst), tokens: float64(burst), last: time.Now()}
 }
 
-// take takes n tokens (n at most the burst) and waits until they are paid
-// for, or until ctx ends, when it gives them back.
-func (b *bucket) take(ctx context.Context, n int) error {
-	b.mu.Lock()
-	now := time.Now()
+// refill brings tokens up to date; the caller holds b.mu.
+func (b *bucket) refill(now time.Time) {
 	b.tokens = min(float64(b.burst), b.tokens+now.Sub(b.last).Seconds()*b.rate)
 	b.last = now
+}
+
+// reserve takes n tokens and returns the instant the debt they leave is
+// paid off (now, if there is none).
+func (b *bucket) reserve(n int) time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	b.refill(now)
 	b.tokens -= float64(n)
-	var wait time.Duration
-	if b.tokens < 0 {
-		wait = time.Duration(-b.tokens / b.rate * float64(time.Second))
+	if b.tokens >= 0 {
+		return now
 	}
-	b.mu.Unlock()
-	if wait <= 0 {
-		return ctx.Err()
-	}
-	if err := sleep(ctx, wait); err != nil {
-		b.mu.Lock()
-		b.tokens = min(float64(b.burst), b.tokens+float64(n))
-		b.mu.Unlock()
-		return err
-	}
-	return nil
+	return now.Add(b.duration(int(-b.tokens)))
+}
+
+// refund gives back n tokens that were reserved but not used.
+func (b *bucket) refund(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refill(time.Now())
+	b.tokens = min(float64(b.burst), b.tokens+float64(n))
+}
+
+// duration is how long the bucket takes to earn n tokens.
+func (b *bucket) duration(n int) time.Duration {
+	return time.Duration(float64(n) / b.rate * float64(time.Second))
 }

@@ -179,7 +179,11 @@ func (r *retryTransport) retry(ctx context.Context, op string, try func() (uint6
 			return fmt.Errorf("export: %s: giving up after %d attempts: %w", op, attempt, err)
 		}
 		wait := r.policy.backoff(attempt)
-		r.log.Warn("transient failure; retrying", "op", op, "attempt", attempt, "wait", wait, "err", err)
+		level := slog.LevelDebug
+		if attempt == 1 {
+			level = slog.LevelWarn
+		}
+		r.log.Log(ctx, level, "transient failure; retrying", "op", op, "attempt", attempt, "wait", wait, "err", err)
 		if werr := sleep(ctx, wait); werr != nil {
 			return fmt.Errorf("export: %s: stopped retrying after %v: %w", op, err, werr)
 		}
