@@ -2,6 +2,7 @@ package hypervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -82,8 +83,14 @@ func StartQEMU(ctx context.Context, spec LaunchSpec, logPath string) (pid int, e
 	defer t.Stop()
 	var last error
 	for {
-		if last = probeSocket(ctx, socket, pid); last == nil {
+		err := probeSocket(ctx, socket, pid)
+		if err == nil {
 			return pid, nil
+		}
+		// Keep the last real answer: near the deadline a dial fails
+		// with a timeout (by the clock) before ctx reports its end.
+		if last == nil || !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, context.DeadlineExceeded) {
+			last = err
 		}
 		select {
 		case <-done:
