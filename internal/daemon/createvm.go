@@ -65,7 +65,11 @@ func (d *Daemon) postCreateVM(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		defer c.Close()
-		res, err := c.CreateVMFromSnapshot(r.Context(), sn.ID, req)
+		// Copying the images and booting take a while: longer than a
+		// peer call's default bound.
+		ctx, cancel := context.WithTimeout(r.Context(), agentReadyTimeout+time.Minute)
+		defer cancel()
+		res, err := c.CreateVMFromSnapshot(ctx, sn.ID, req)
 		if err != nil {
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/twinsnap/twinsnap/cluster/command"
 	"github.com/twinsnap/twinsnap/guestagent"
 	"github.com/twinsnap/twinsnap/internal/api"
+	"github.com/twinsnap/twinsnap/internal/hypervisor"
 	"github.com/twinsnap/twinsnap/internal/testenv"
 )
 
@@ -279,4 +280,77 @@ func checkEqualButFreezeStamp(t *testing.T, ctx context.Context, snap, live stri
 		}
 	}
 	t.Logf("%s equals the guest's disk but for %d bytes of the superblock's freeze stamp", filepath.Base(live), len(diff))
+}
+
+// newLibvirtSnapEnv starts a cluster, a private libvirtd and a domain and
+// registers the domain on data-a.
+func newLibvirtSnapEnv(t *testing.T, ctx context.Context, disks []testenv.DiskSpec) *snapEnv {
+	t.Helper()
+	c := testenv.StartCluster(t, testenv.ClusterOptions{})
+	lv := testenv.StartLibvirtd(t)
+	dom := testenv.StartDomain(t, lv, testenv.VMOptions{DataDisks: disks})
+	if _, err := c.WaitLeader(ctx, "data"); err != nil {
+		t.Fatalf("%v", err)
+	}
+	cl := c.Client(testenv.DataB)
+	t.Cleanup(func() { cl.Close() })
+	if _, err := cl.SetSnapshotsEnabled(ctx, true); err != nil {
+		t.Fatalf("enable snapshots: %v", err)
+	}
+	reg, err := cl.RegisterVM(ctx, api.VMRegisterRequest{
+		Name: "guest", HostNode: testenv.DataA, Driver: command.DriverLibvirt,
+		Libvirt: &command.LibvirtConnection{URI: lv.URI, Domain: dom.Name},
+	})
+	if err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	return &snapEnv{c: c, cl: cl, vm: *reg,
+		agent: func(ctx context.Context) (*guestagent.Client, error) {
+			m, err := hypervisor.OpenLibvirt(ctx, lv.Socket, dom.Name)
+			if err != nil {
+				return nil, err
+			}
+			return guestagent.NewClient(machineAgent{m}), nil
+		},
+		disk: func(serial string) string {
+			d, ok := dom.Disk(serial)
+			if !ok {
+				t.Fatalf("no disk %s", serial)
+			}
+			return d.Path
+		}}
+}
+
+// machineAgent is a machine's agent transport that closes the machine
+// with it.
+type machineAgent struct{ m hypervisor.Machine }
+
+func (a machineAgent) Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return a.m.Agent().Execute(ctx, cmd, args)
+}
+
+func (a machineAgent) Close() error { return a.m.Close() }
+
+// TestSnapshotEndToEndLibvirt is must-show 1 through libvirtd.
+func TestSnapshotEndToEndLibvirt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	e := newLibvirtSnapEnv(t, ctx, threeDataDisks)
+	e.sh(t, ctx, "echo before > /mnt/data1/marker1 && echo before > /mnt/data2/marker1 && sync")
+	sn, err := e.cl.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: "guest", Volumes: []string{"data1", "data2"}})
+	if err != nil {
+		t.Fatalf("snapshot create: %v", err)
+	}
+	if sn.State != api.StateCreating {
+		t.Fatalf("new snapshot %+v", sn)
+	}
+	done := waitSnapshot(t, ctx, e.cl, sn.ID, api.StateComplete, 3*time.Minute)
+	if done.Achieved != command.ConsistencyApplication || len(done.Volumes) != 3 || done.ConfigKind != command.ConfigLibvirtXML {
+		t.Fatalf("snapshot %+v", done)
+	}
+	cfg, err := e.cl.SnapshotConfig(ctx, sn.ID)
+	if err != nil || !strings.Contains(cfg.Text, "<domain") {
+		t.Fatalf("captured config: %v %+v", err, cfg)
+	}
+	checkSnapshotContent(t, ctx, e, done)
 }
