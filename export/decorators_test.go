@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"strings"
 	"sync"
@@ -78,6 +79,29 @@ func (s *session) OpenWriter(ctx context.Context, name string) (export.FileWrite
 		return nil, err
 	}
 	return &sessionWriter{FileWriter: w, s: s}, nil
+}
+
+func (s *session) OpenReader(ctx context.Context, name string) (export.FileReader, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	r, err := s.Memory.OpenReader(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &sessionReader{FileReader: r, s: s}, nil
+}
+
+type sessionReader struct {
+	export.FileReader
+	s *session
+}
+
+func (r *sessionReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := r.s.check(); err != nil {
+		return 0, err
+	}
+	return r.FileReader.ReadAt(p, off)
 }
 
 func (s *session) Stat(ctx context.Context, name string) (export.FileInfo, error) {
@@ -335,6 +359,40 @@ func TestRetryReopensAfterLoss(t *testing.T) {
 	t.Logf("sent %d bytes for %d: %d again", net.sent.Load(), len(data), again)
 	if again == 0 || again > 2*4*chunk {
 		t.Fatalf("%d bytes sent again; want some, and at most the writes in flight at the two cuts (%d)", again, 2*4*chunk)
+	}
+}
+
+// TestRetryReopensReader cuts the session under an open reader.
+func TestRetryReopensReader(t *testing.T) {
+	mem := exporttest.NewMemory()
+	net := &network{mem: mem}
+	tr := export.WithRetry(nil, fastRetry, net.dial)
+	defer func() { _ = tr.Close() }()
+	ctx := context.Background()
+	data := randomData(t, 10000)
+	w, err := tr.OpenWriter(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := tr.OpenReader(ctx, "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.Close() }()
+	net.cut(2)
+	buf := make([]byte, 20000)
+	n, err := r.ReadAt(buf, 0)
+	if n != len(data) || !errors.Is(err, io.EOF) || !bytes.Equal(buf[:n], data) {
+		t.Fatalf("ReadAt across a lost session = %d, %v; want %d bytes and io.EOF", n, err, len(data))
+	}
+	if r.Size() != int64(len(data)) || net.dials != 4 {
+		t.Fatalf("Size %d after %d dials; want %d after 4", r.Size(), net.dials, len(data))
 	}
 }
 
