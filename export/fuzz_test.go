@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 )
 
 var sentinels = []error{ErrUnsafeName, ErrEntity, ErrTooLarge, ErrChecksum, ErrTruncated, ErrFormat, ErrMalformed}
@@ -150,6 +151,47 @@ func FuzzOVAReader(f *testing.F) {
 			if n != size {
 				t.Fatalf("member %q: read %d of %d bytes without an error", name, n, size)
 			}
+		}
+	})
+}
+
+// FuzzDescriptorFields fuzzes the values of a descriptor rather than its
+// XML: whatever WriteDescriptor accepts must read back as the same
+// descriptor (up to the documented normalisation of MACs, empty NIC names
+// and empty firmware) and write again to the same bytes.
+func FuzzDescriptorFields(f *testing.F) {
+	f.Add("web01", "Front end\r\nline two ", "debian12", "qemu", 4, int64(8192), int64(20<<30), int64(1<<20), "52:54:00:12:34:56", "virtio", "nic0", "frontend", "ts-root", "root", "web01-root.qcow2", "<domain/>", int64(1700000000123456789), "application", "libvirt")
+	f.Add("a", "", "", "", 1, int64(1), int64(1), int64(0), "", "", "", "", "", "x", "x", "", int64(0), "", "")
+	f.Add("Ünïcode VM ✓", "\t<&>\"'", "win11", "vmx-14", 1024, int64(16<<20), int64(64<<40), int64(0), "0A-1B-2C-3D-4E-5F", "e1000", "", "net with spaces", "S/N 1", "disk ✓", "disk ✓.vmdk", "\x00\xff binary", int64(-1), "crash", "qemu")
+	f.Fuzz(func(t *testing.T, name, desc, osType, sysType string, cpus int, mem, capacity, fileSize int64,
+		mac, model, nicName, network, serial, diskName, file, config string, captured int64, consistency, driver string) {
+		d := sample(true)
+		d.Name, d.Description, d.OSType, d.SystemType, d.CPUs, d.MemoryMiB = name, desc, osType, sysType, cpus, mem
+		d.Disks[0].CapacityBytes, d.Disks[0].FileSize, d.Disks[0].Serial, d.Disks[0].Name, d.Disks[0].File = capacity, fileSize, serial, diskName, file
+		d.Disks[0].PopulatedBytes = 0
+		d.NICs[0] = NIC{Name: nicName, MAC: mac, Model: model, Network: network}
+		d.Twinsnap.Config, d.Twinsnap.CapturedAt = config, time.Unix(0, captured).UTC()
+		d.Twinsnap.Consistency, d.Twinsnap.Driver = consistency, driver
+		var a bytes.Buffer
+		if err := WriteDescriptor(&a, d); err != nil {
+			checkSentinel(t, err)
+			return
+		}
+		got, err := ParseDescriptor(bytes.NewReader(a.Bytes()), Limits{})
+		if err != nil {
+			t.Fatalf("a written descriptor does not parse: %v\n%s", err, a.Bytes())
+		}
+		want := d
+		want.NICs[0].MAC = normalMAC(mac)
+		if nicName == "" {
+			want.NICs[0].Name = "nic0"
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("read back differs:\n got %+v\nwant %+v", got, want)
+		}
+		var b bytes.Buffer
+		if err := WriteDescriptor(&b, got); err != nil || !bytes.Equal(a.Bytes(), b.Bytes()) {
+			t.Fatalf("second write differs (%v)", err)
 		}
 	})
 }
