@@ -22,8 +22,9 @@ const (
 	MaxNICs = 32
 	// MaxCPUs is the largest number of virtual CPUs; the least is 1.
 	MaxCPUs = 1024
-	// MinMemoryMiB and MaxMemoryMiB bound a VM's memory: 1 MiB to 16 TiB.
+	// MinMemoryMiB is the least memory a VM may have: 1 MiB.
 	MinMemoryMiB = 1
+	// MaxMemoryMiB is the most memory a VM may have: 16 TiB, in MiB.
 	MaxMemoryMiB = 16 << 20
 	// MaxConfigBytes bounds the VM configuration text in the twinsnap
 	// section (before base64): 1 MiB.

@@ -16,8 +16,10 @@ import (
 // OVF 1.x named and some older tools still write, is accepted when reading
 // a foreign package.
 const (
+	// AlgSHA256 names SHA-256, the algorithm twinsnap writes.
 	AlgSHA256 = "SHA256"
-	AlgSHA1   = "SHA1"
+	// AlgSHA1 names SHA-1, accepted only in manifests being read.
+	AlgSHA1 = "SHA1"
 )
 
 // ManifestEntry is one line of a manifest: a file name and its checksum.

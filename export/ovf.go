@@ -12,22 +12,40 @@ import (
 
 // XML namespaces of an OVF 1.0 descriptor and of twinsnap's own section.
 const (
-	NamespaceOVF      = "http://schemas.dmtf.org/ovf/envelope/1"
-	NamespaceRASD     = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
-	NamespaceVSSD     = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
-	NamespaceVMW      = "http://www.vmware.com/schema/ovf"
+	// NamespaceOVF is the DMTF OVF 1.x envelope namespace (prefix ovf, and
+	// the default namespace of a descriptor).
+	NamespaceOVF = "http://schemas.dmtf.org/ovf/envelope/1"
+	// NamespaceRASD is the CIM resource allocation namespace of hardware
+	// items (prefix rasd).
+	NamespaceRASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+	// NamespaceVSSD is the CIM virtual system settings namespace (prefix
+	// vssd).
+	NamespaceVSSD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
+	// NamespaceVMW is VMware's OVF extension namespace (prefix vmw), used
+	// for the firmware setting that VMware tools and virt-v2v read.
+	NamespaceVMW = "http://www.vmware.com/schema/ovf"
+	// NamespaceTwinsnap is the namespace of twinsnap's own section and
+	// attributes (prefix twinsnap).
 	NamespaceTwinsnap = "https://twinsnap.dev/ovf/1"
-	namespaceCIM      = "http://schemas.dmtf.org/wbem/wscim/1/common"
-	namespaceXSI      = "http://www.w3.org/2001/XMLSchema-instance"
+
+	namespaceCIM = "http://schemas.dmtf.org/wbem/wscim/1/common"
+	namespaceXSI = "http://www.w3.org/2001/XMLSchema-instance"
 )
 
-// Disk formats and the ovf:format URIs written for them.
+// Disk formats (Disk.Format) and the ovf:format URIs written for them.
 const (
+	// FormatQCOW2 is a qcow2 image, the format of packages meant for
+	// twinsnap and other QEMU systems.
 	FormatQCOW2 = "qcow2"
-	FormatVMDK  = "vmdk" // streamOptimized VMDK, the only VMDK subformat
-
+	// FormatVMDK is a streamOptimized VMDK, the only VMDK subformat, for
+	// packages meant for other hypervisors.
+	FormatVMDK = "vmdk"
+	// FormatURIQCOW2 is the ovf:format written for qcow2 disks: QEMU's
+	// qcow2 specification.
 	FormatURIQCOW2 = "https://gitlab.com/qemu-project/qemu/-/blob/master/docs/interop/qcow2.txt"
-	FormatURIVMDK  = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+	// FormatURIVMDK is the ovf:format of streamOptimized VMDK disks that
+	// ovftool, VirtualBox and virt-v2v expect.
+	FormatURIVMDK = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 )
 
 // formatURIs maps every ovf:format URI the reader accepts to its format.
@@ -39,16 +57,30 @@ var formatURIs = map[string]string{
 	"https://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized": FormatVMDK,
 }
 
-// Disk controllers (Disk.Controller) and firmware kinds (Descriptor.Firmware).
+// Disk controllers (Disk.Controller), with how each is written.
 const (
-	ControllerVirtio = "virtio" // virtio-blk: ResourceType 20, ResourceSubType "virtio"
-	ControllerSCSI   = "scsi"   // ResourceType 6, no ResourceSubType (the importer's default model)
-	ControllerIDE    = "ide"    // ResourceType 5, ResourceSubType "PIIX4", two disks each
-	ControllerSATA   = "sata"   // ResourceType 20, ResourceSubType "AHCI"
-	ControllerNVMe   = "nvme"   // ResourceType 20, ResourceSubType "NVMe"
+	// ControllerVirtio is virtio-blk: ResourceType 20 ("other storage
+	// device") with ResourceSubType "virtio"; importers that do not know
+	// it fall back to their SATA/AHCI controller.
+	ControllerVirtio = "virtio"
+	// ControllerSCSI is ResourceType 6 without a ResourceSubType, so that
+	// each importer picks its default SCSI model.
+	ControllerSCSI = "scsi"
+	// ControllerIDE is ResourceType 5 with ResourceSubType "PIIX4", two
+	// disks per controller.
+	ControllerIDE = "ide"
+	// ControllerSATA is ResourceType 20 with ResourceSubType "AHCI".
+	ControllerSATA = "sata"
+	// ControllerNVMe is ResourceType 20 with ResourceSubType "NVMe".
+	ControllerNVMe = "nvme"
+)
 
+// Firmware kinds (Descriptor.Firmware).
+const (
+	// FirmwareBIOS is legacy BIOS firmware, the default.
 	FirmwareBIOS = "bios"
-	FirmwareEFI  = "efi"
+	// FirmwareEFI is UEFI firmware.
+	FirmwareEFI = "efi"
 )
 
 // Descriptor is the content of an OVF 1.0 descriptor as twinsnap reads and
@@ -131,10 +163,12 @@ type NIC struct {
 // exported from. It lives in a twinsnap:SnapshotSection with
 // ovf:required="false", so other importers skip it.
 type Meta struct {
+	// SnapshotID and SnapshotName identify the snapshot.
 	SnapshotID   string
 	SnapshotName string
-	VMID         string
-	VMName       string
+	// VMID and VMName identify the VM the snapshot was taken of.
+	VMID   string
+	VMName string
 	// Consistency is "application" or "crash" (or empty).
 	Consistency string
 	// CapturedAt is when the snapshot was taken; written in UTC with
