@@ -317,8 +317,13 @@ type pathRef struct {
 	ref
 	what string // for errors: "chardev qmp", "-serial"
 	role string // roleQMP, roleAgent, roleSerial or ""
-	fd   bool   // a socket passed as fd= instead of a path
+	// fd marks a descriptor QEMU inherited instead of a path: a socket
+	// passed as fd=, or a /dev/fdset/N path (-add-fd), as libvirt does.
+	fd bool
 }
+
+// fdsetPrefix starts the paths of descriptors passed with -add-fd.
+const fdsetPrefix = "/dev/fdset/"
 
 // parseLaunch parses a command line. Only JSON that does not parse is an
 // error: the rest of what QEMU would refuse is left to QEMU.
@@ -361,7 +366,7 @@ func parseLaunch(args []string) (*launchModel, error) {
 		case "-daemonize":
 			m.daemonize = true
 			m.drops = append(m.drops, i)
-		case "-pidfile", "-incoming", "-loadvm":
+		case "-pidfile", "-incoming", "-loadvm", "-add-fd":
 			m.drops = append(m.drops, i)
 		case "-chardev":
 			kv := parseKV(a.val, "backend")
@@ -676,7 +681,7 @@ func (m *launchModel) chardevPaths(chardevs map[string]int, qmpIDs, agentIDs, se
 				role = ""
 			}
 			if p, ok := v.get("path"); ok {
-				m.paths = append(m.paths, pathRef{ref: ref{arg: i, key: "path", val: p}, what: what, role: role})
+				m.paths = append(m.paths, pathRef{ref: ref{arg: i, key: "path", val: p}, what: what, role: role, fd: strings.HasPrefix(p, fdsetPrefix)})
 			} else if fd, ok := v.get("fd"); ok {
 				m.paths = append(m.paths, pathRef{ref: ref{arg: i, key: "fd", val: fd}, what: what, role: role, fd: true})
 			}
@@ -685,7 +690,7 @@ func (m *launchModel) chardevPaths(chardevs map[string]int, qmpIDs, agentIDs, se
 				role = ""
 			}
 			if p, ok := v.get("path"); ok {
-				m.paths = append(m.paths, pathRef{ref: ref{arg: i, key: "path", val: p}, what: what, role: role})
+				m.paths = append(m.paths, pathRef{ref: ref{arg: i, key: "path", val: p}, what: what, role: role, fd: strings.HasPrefix(p, fdsetPrefix)})
 			}
 		}
 		if p, ok := v.get("logfile"); ok {

@@ -37,8 +37,9 @@ var testenvArgv = []string{
 }
 
 // libvirtArgv is the command line libvirt 9.0 gives QEMU 7.2 for a UEFI
-// domain with a backing chain: JSON -blockdev and -device, separate
-// protocol and format nodes, monitor and agent sockets passed as fds.
+// domain (as in its log of a testenv domain), here with a backing chain:
+// JSON -blockdev and -device, separate protocol and format nodes, monitor
+// and agent sockets passed as fds, the serial log as an -add-fd set.
 var libvirtArgv = []string{
 	"-name", "guest=web1,debug-threads=on",
 	"-S",
@@ -68,7 +69,8 @@ var libvirtArgv = []string{
 	"-device", `{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x6","drive":"libvirt-1-format","id":"ua-data","serial":"data"}`,
 	"-netdev", `{"type":"tap","fd":"33","vhost":true,"vhostfd":"35","id":"hostnet0"}`,
 	"-device", `{"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"52:54:00:aa:bb:cc","bus":"pci.0","addr":"0x3"}`,
-	"-chardev", "file,id=charserial0,path=/var/log/libvirt/qemu/web1-serial0.log",
+	"-add-fd", "set=0,fd=26,opaque=serial0-source",
+	"-chardev", "file,id=charserial0,path=/dev/fdset/0,append=on",
 	"-device", `{"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0}`,
 	"-chardev", "socket,id=charchannel0,fd=32,server=on,wait=off",
 	"-device", `{"driver":"virtserialport","bus":"virtio-serial0.0","nr":1,"chardev":"charchannel0","id":"channel0","name":"org.qemu.guest_agent.0"}`,
@@ -149,10 +151,9 @@ func TestLaunchSpecInfo(t *testing.T) {
 				{Path: "/var/lib/libvirt/images/web1.qcow2", Format: "qcow2", NodeName: "libvirt-2-format", DeviceID: "virtio-disk0", Serial: "root"},
 				{Path: "/var/lib/libvirt/images/data,1.qcow2", Format: "qcow2", NodeName: "libvirt-1-format", DeviceID: "ua-data", Serial: "data"},
 			},
-			UEFICode:  "/usr/share/OVMF/OVMF_CODE.fd",
-			UEFIVars:  "/var/lib/libvirt/qemu/nvram/web1_VARS.fd",
-			MACs:      []string{"52:54:00:aa:bb:cc"},
-			SerialLog: "/var/log/libvirt/qemu/web1-serial0.log",
+			UEFICode: "/usr/share/OVMF/OVMF_CODE.fd",
+			UEFIVars: "/var/lib/libvirt/qemu/nvram/web1_VARS.fd",
+			MACs:     []string{"52:54:00:aa:bb:cc"},
 		},
 	}, {
 		name: "drive",
@@ -277,7 +278,7 @@ func TestLaunchSpecClone(t *testing.T) {
 			"-device", `{"driver":"virtio-blk-pci","bus":"pci.0","addr":"0x6","drive":"libvirt-1-format","id":"ua-data","serial":"data"}`,
 			"-netdev", `{"type":"tap","fd":"33","vhost":true,"vhostfd":"35","id":"hostnet0"}`,
 			"-device", `{"driver":"virtio-net-pci","netdev":"hostnet0","id":"net0","mac":"52:54:00:cc:bb:aa","bus":"pci.0","addr":"0x3"}`,
-			"-chardev", "file,id=charserial0,path=/c/serial.log",
+			"-chardev", "file,id=charserial0,path=/c/serial.log,append=on",
 			"-device", `{"driver":"isa-serial","chardev":"charserial0","id":"serial0","index":0}`,
 			"-chardev", "socket,id=charchannel0,server=on,wait=off,path=/c/qga.sock",
 			"-device", `{"driver":"virtserialport","bus":"virtio-serial0.0","nr":1,"chardev":"charchannel0","id":"channel0","name":"org.qemu.guest_agent.0"}`,
@@ -427,7 +428,7 @@ func TestLaunchSpecCloneRefuses(t *testing.T) {
 		{"vars without UEFI", without(testenvArgv, "if=pflash"), with(func(o *hypervisor.CloneOptions) {}), "a UEFI variable store is given but the VM has none"},
 		{"unknown path", testenvArgv, with(func(o *hypervisor.CloneOptions) { o.Paths = map[string]string{"/x": "/y"} }), "path /x is not in the configuration"},
 		{"other socket", plus(testenvArgv, "-chardev", "socket,id=c,path=/d/console.sock,server=on,wait=off"), full, "chardev c: host path /d/console.sock is not mapped"},
-		{"fd socket", plus(testenvArgv, "-chardev", "socket,id=c,fd=3"), full, "a socket passed as fd=3 cannot be cloned"},
+		{"fd socket", plus(testenvArgv, "-chardev", "socket,id=c,fd=3"), full, "an inherited descriptor (fd=3) cannot be cloned"},
 		{"network disk", plus(testenvArgv, "-blockdev", `{"driver":"raw","node-name":"n","file":{"driver":"nbd","server":{"type":"inet","host":"h","port":"10809"},"export":"e"}}`), full, "disks on network storage (nbd (node n))"},
 		{"json filename", plus(testenvArgv, "-drive", `file=json:{"driver":"file"}`), full, "json: pseudo-filename"},
 		{"bad JSON", plus(testenvArgv, "-blockdev", `{"driver":"file","driver":"raw"}`), full, `duplicate JSON key "driver"`},

@@ -57,8 +57,9 @@ const qmpChardevID = "twinsnap-qmp"
 // every disk (-blockdev filename, nested file.filename included, -drive
 // file=, -hda and friends) and of the UEFI variable store, and its own
 // QMP, guest-agent and serial-log paths (chardev path=; a socket passed as
-// fd= becomes path=). -daemonize, -pidfile, -incoming and -loadvm are
-// dropped (PIDFile adds a -pidfile). Values keep QEMU's quoting (",," in
+// fd= or a /dev/fdset path, as libvirt passes them, becomes the new path).
+// -daemonize, -pidfile, -incoming, -loadvm and -add-fd (descriptors are not
+// inherited by a clone) are dropped; PIDFile adds a -pidfile. Values keep QEMU's quoting (",," in
 // key=value lists) and JSON values their member order. Options Clone does
 // not know pass through untouched; mind those that name per-VM host
 // resources (a tap ifname, a VNC display, -object files).
@@ -256,12 +257,12 @@ func (c *cloner) chardevs(o CloneOptions) (addQMP bool) {
 		}
 		switch {
 		case !ok && p.fd:
-			c.fail("%s: a socket passed as fd=%s cannot be cloned without a path for it", p.what, p.val)
+			c.fail("%s: an inherited descriptor (%s=%s) cannot be cloned without a path for it", p.what, p.key, p.val)
 		case !ok && p.role != "":
 			c.fail("%s: the %s at %s is not mapped (the clone would take it over)", p.what, p.role, p.val)
 		case !ok:
 			c.fail("%s: host path %s is not mapped (the clone would share it)", p.what, p.val)
-		case p.fd:
+		case p.key == "fd":
 			kv := c.m.vals[p.arg].(*kvList)
 			kv.del("fd")
 			kv.add("path", np)
