@@ -398,10 +398,16 @@ func (d *Domain) Destroy(ctx context.Context) error {
 	return nil
 }
 
-// Undefine removes the domain's definition; its files stay in Dir.
-// Undefining a domain that is gone is not an error.
+// Undefine removes the domain's definition; its files stay in Dir (the
+// UEFI variable store too: libvirt refuses to undefine a domain with one
+// unless told what to do with it). Undefining a domain that is gone is
+// not an error.
 func (d *Domain) Undefine(ctx context.Context) error {
-	err := d.lv.withConn(ctx, func(l *libvirt.Libvirt) error { return l.DomainUndefineFlags(d.Dom, 0) })
+	var flags libvirt.DomainUndefineFlagsValues
+	if d.UEFIVars != "" {
+		flags = libvirt.DomainUndefineKeepNvram
+	}
+	err := d.lv.withConn(ctx, func(l *libvirt.Libvirt) error { return l.DomainUndefineFlags(d.Dom, flags) })
 	if err != nil && !libvirt.IsNotFound(err) {
 		return fmt.Errorf("testenv: undefining domain %s: %w", d.Name, err)
 	}
