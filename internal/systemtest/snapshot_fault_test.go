@@ -30,7 +30,8 @@ const settleBound = 2 * time.Minute
 func TestSnapshotFaults(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	e := newQEMUSnapEnv(t, ctx, []testenv.DiskSpec{{Serial: "data1", SizeMiB: 128}}, 0)
+	// Containers with room for every round's full snapshot.
+	e := newQEMUSnapEnv(t, ctx, []testenv.DiskSpec{{Serial: "data1", SizeMiB: 128}}, 5000)
 	// Enough data that a full capture and its replication take a moment.
 	e.sh(t, ctx, "dd if=/dev/urandom of=/mnt/data1/blob bs=1M count=48 2>/dev/null && sync")
 
