@@ -16,7 +16,7 @@
 // Signing-only servers: go-smb2 v1.1.0 fails a request with "signing
 // required" when a server that requires signing answers it first with an
 // unsigned interim response, as servers do for requests they complete
-// asynchronously (Samba: flushes that take more than half a millisecond,
+// asynchronously (Samba: flushes that do not finish at once,
 // reads and writes with its asynchronous I/O on). The request still
 // completes at the server. The transport repeats such idempotent file calls
 // (writes, flushes, truncations, reads) in place for up to half the call
