@@ -191,12 +191,13 @@ func viewChainInfo(ctx context.Context, path string) ([]viewImageInfo, error) {
 func viewChainPaths(top string, infos []viewImageInfo) ([]string, error) {
 	paths := []string{top}
 	for i := 1; i < len(infos); i++ {
-		b := backingOf(ImageInfo{BackingFile: infos[i-1].BackingFile, FullBackingFile: infos[i-1].FullBackingFile}, paths[i-1])
+		rec := infos[i-1].BackingFile
+		if strings.HasPrefix(rec, "json:") || strings.Contains(rec, "://") {
+			return nil, fmt.Errorf("layer %s has backing %q, not a plain file: %w", paths[i-1], rec, ErrUnsupported)
+		}
+		b := backingOf(ImageInfo{BackingFile: rec, FullBackingFile: infos[i-1].FullBackingFile}, paths[i-1])
 		if b == "" {
 			return nil, fmt.Errorf("layer %s has no backing file but qemu-img lists %d layers: %w", paths[i-1], len(infos), ErrCorrupt)
-		}
-		if strings.Contains(b, ":") && !strings.HasPrefix(b, "/") {
-			return nil, fmt.Errorf("layer %s has backing %q, not a plain file: %w", paths[i-1], b, ErrUnsupported)
 		}
 		paths = append(paths, b)
 	}
