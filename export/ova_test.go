@@ -376,3 +376,48 @@ type countWriter struct {
 }
 
 func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+// TestOVAReaderReadsGNUTar reads archives made by GNU tar, as an operator
+// might build one by hand, in its ustar, pax and default formats.
+func TestOVAReaderReadsGNUTar(t *testing.T) {
+	tarBin, err := exec.LookPath("tar")
+	if err != nil {
+		t.Skip("no tar")
+	}
+	dir := t.TempDir()
+	files := []member{
+		{"vm.ovf", []byte("<Envelope/>")},
+		{"vm.mf", []byte("SHA256(vm.ovf)= 00\n")},
+		{"vm-" + strings.Repeat("x", 120) + ".vmdk", bytes.Repeat([]byte{9}, 3000)},
+	}
+	args := []string{}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, f.name)
+	}
+	for _, format := range []string{"gnu", "pax", "ustar"} {
+		out := filepath.Join(t.TempDir(), "vm.ova")
+		cmd := exec.Command(tarBin, append([]string{"--format=" + format, "-C", dir, "-cf", out}, args...)...)
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			if format == "ustar" { // ustar cannot hold the long name
+				continue
+			}
+			t.Fatalf("tar --format=%s: %v\n%s", format, err, msg)
+		}
+		data, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := readOVA(data, Limits{})
+		if err != nil || len(got) != len(files) {
+			t.Fatalf("format %s: %d members, %v", format, len(got), err)
+		}
+		for i := range files {
+			if got[i].name != files[i].name || !bytes.Equal(got[i].data, files[i].data) {
+				t.Fatalf("format %s: member %d is %q", format, i, got[i].name)
+			}
+		}
+	}
+}

@@ -298,3 +298,35 @@ func TestParseVirtualBoxStyle(t *testing.T) {
 		t.Fatalf("MAC = %q, want 08:00:27:a1:b2:c3", d.NICs[0].MAC)
 	}
 }
+
+// TestParseOptionsAndOddities reads a descriptor with deployment options,
+// ranged items, a byte order mark and HostResource in the old form, and
+// refuses OVF 2.0.
+func TestParseOptionsAndOddities(t *testing.T) {
+	base, err := os.ReadFile(filepath.Join("testdata", "minimal.ovf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(base)
+	s = strings.Replace(s, "<VirtualSystem ", `<DeploymentOptionSection><Info>Sizes</Info>`+
+		`<Configuration ovf:id="small"><Label>Small</Label><Description>1 CPU</Description></Configuration>`+
+		`<Configuration ovf:id="large" ovf:default="true"><Label>Large</Label><Description>8 CPUs</Description></Configuration>`+
+		`</DeploymentOptionSection>`+"\n  <VirtualSystem ", 1)
+	cpu := "<Item>\n        <rasd:ElementName>CPUs</rasd:ElementName>\n        <rasd:InstanceID>1</rasd:InstanceID>\n        <rasd:ResourceType>3</rasd:ResourceType>\n        <rasd:VirtualQuantity>1</rasd:VirtualQuantity>\n      </Item>"
+	if !strings.Contains(s, cpu) {
+		t.Fatal("minimal.ovf changed; update this test")
+	}
+	s = strings.Replace(s, cpu,
+		`<Item ovf:configuration="small"><rasd:ElementName>c</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>`+
+			`<Item ovf:configuration="medium large"><rasd:ElementName>c</rasd:ElementName><rasd:InstanceID>10</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>8</rasd:VirtualQuantity></Item>`+
+			`<Item ovf:bound="max"><rasd:ElementName>c</rasd:ElementName><rasd:InstanceID>11</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>64</rasd:VirtualQuantity></Item>`, 1)
+	s = strings.Replace(s, "ovf:/disk/vol-root", "/disk/vol-root", 1)
+	d := parseDescriptor(t, append([]byte("\xef\xbb\xbf"), s...))
+	if d.CPUs != 8 {
+		t.Fatalf("CPUs = %d, want the default configuration's 8", d.CPUs)
+	}
+	v2 := strings.ReplaceAll(string(base), "http://schemas.dmtf.org/ovf/envelope/1", "http://schemas.dmtf.org/ovf/envelope/2")
+	if _, err := ParseDescriptor(strings.NewReader(v2), Limits{}); !errors.Is(err, ErrMalformed) || !strings.Contains(fmtErr(err), "not an OVF 1.0 Envelope") {
+		t.Fatalf("OVF 2.0: %v", err)
+	}
+}
