@@ -52,8 +52,10 @@ func TestPortsRefuseStrangers(t *testing.T) {
 	}
 	trust := admin.Pool()
 
-	const httpProbe, raftProbe = "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", "R"
-	for _, port := range []struct{ name, addr, probe string }{{"api", n.APIAddr, httpProbe}, {"raft", n.RaftAddr, raftProbe}} {
+	// The data port's client speaks first with a hello frame; sending
+	// nothing and waiting shows whether the server kept the connection.
+	const httpProbe, raftProbe, dataProbe = "GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", "R", ""
+	for _, port := range []struct{ name, addr, probe string }{{"api", n.APIAddr, httpProbe}, {"raft", n.RaftAddr, raftProbe}, {"data", n.DataAddr, dataProbe}} {
 		// Plaintext: the server must not answer with anything useful.
 		t.Run(port.name+"/plaintext", func(t *testing.T) {
 			conn, err := net.DialTimeout("tcp", port.addr, 5*time.Second)
@@ -88,7 +90,17 @@ func TestPortsRefuseStrangers(t *testing.T) {
 			t.Fatalf("an admin certificate was accepted on the raft port")
 		}
 	})
+	t.Run("data/admin-certificate", func(t *testing.T) {
+		if err := handshakeAndRead(n.DataAddr, dataProbe, []tls.Certificate{admin.TLSCertificate()}); err == nil {
+			t.Fatalf("an admin certificate was accepted on the data port")
+		}
+	})
 	// Positive controls: the probe does see acceptance.
+	t.Run("data/node-certificate", func(t *testing.T) {
+		if err := handshakeAndRead(n.DataAddr, dataProbe, []tls.Certificate{node.TLSCertificate()}); err != nil {
+			t.Fatalf("a node certificate was refused on the data port: %v", err)
+		}
+	})
 	t.Run("raft/node-certificate", func(t *testing.T) {
 		if err := handshakeAndRead(n.RaftAddr, raftProbe, []tls.Certificate{node.TLSCertificate()}); err != nil {
 			t.Fatalf("a node certificate was refused on the raft port: %v", err)

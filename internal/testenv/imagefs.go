@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,7 +45,8 @@ func CompareImages(ctx context.Context, a, b string) (bool, string, error) {
 	if err == nil {
 		return true, string(out), nil
 	}
-	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 1 {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 1 {
 		return false, string(out), nil
 	}
 	return false, string(out), fmt.Errorf("testenv: qemu-img compare %s %s: %w: %s", a, b, err, out)
