@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +33,9 @@ type ClusterOptions struct {
 	ProxyDataLink bool
 	// LogLevel of the daemons; default "info".
 	LogLevel string
+	// Raft overrides the daemons' Raft timeouts; zero fields keep the
+	// daemons' defaults.
+	Raft RaftTiming
 }
 
 // ClusterNode is one twinsnapd process of a test cluster.
@@ -63,9 +67,13 @@ type Cluster struct {
 	// ProxyDataLink is set.
 	Proxies map[string]*Proxy
 
+	// tb is the test of a cluster from StartCluster; nil for one from
+	// LaunchCluster.
 	tb        testing.TB
 	peerAddrs map[string]map[string]string
 	logLevel  string
+	raft      RaftTiming
+	closeOnce sync.Once
 }
 
 // BuildTwinsnap builds twinsnapd and twinsnap into dir.
@@ -84,56 +92,19 @@ func BuildTwinsnap(ctx context.Context, dir string) (daemonBin, cliBin string, e
 
 // StartCluster builds the binaries, creates the certificates and
 // configurations, starts the three daemons and waits until a leader is
-// elected. Every process is killed when the test ends.
+// elected (see LaunchCluster). Every process is killed when the test ends;
+// if the test failed, the tails of the daemons' logs are logged.
 func StartCluster(tb testing.TB, opts ClusterOptions) *Cluster {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if opts.LogLevel == "" {
-		opts.LogLevel = "info"
-	}
-	dir := TempDir(tb, "cluster")
-	c := &Cluster{Dir: dir, Nodes: map[string]*ClusterNode{}, Proxies: map[string]*Proxy{}, tb: tb, logLevel: opts.LogLevel}
-	var err error
-	c.DaemonBin, c.CLIBin, err = BuildTwinsnap(ctx, filepath.Join(dir, "bin"))
+	c, err := LaunchCluster(ctx, TempDir(tb, "cluster"), opts)
 	if err != nil {
 		tb.Fatalf("%v", err)
 	}
-	c.CADir, c.AdminDir = filepath.Join(dir, "ca"), filepath.Join(dir, "admin")
-	c.tls(ctx, "ca", "--dir", c.CADir, "--name", "test cluster CA")
-	c.tls(ctx, "admin", "--ca-dir", c.CADir, "--name", "admin", "--out", c.AdminDir)
-
-	for _, spec := range []struct{ id, role string }{{DataA, "data"}, {DataB, "data"}, {Witness, "witness"}} {
-		n := &ClusterNode{ID: spec.id, Role: spec.role, Dir: filepath.Join(dir, spec.id)}
-		n.RaftAddr, n.APIAddr = freePort(tb), freePort(tb)
-		if spec.role == "data" {
-			n.DataAddr = freePort(tb)
-		}
-		n.Config = filepath.Join(n.Dir, Marker+"-"+spec.id+".toml")
-		n.LogPath = filepath.Join(n.Dir, "twinsnapd.log")
-		c.Nodes[spec.id] = n
-		c.tls(ctx, "node", "--ca-dir", c.CADir, "--id", spec.id, "--host", "127.0.0.1", "--out", filepath.Join(n.Dir, "tls"))
-	}
-	peerAddrs := map[string]map[string]string{}
-	if opts.ProxyDataLink {
-		ab := StartProxy(tb, c.Nodes[DataB].RaftAddr)
-		ba := StartProxy(tb, c.Nodes[DataA].RaftAddr)
-		c.Proxies[DataA+"->"+DataB], c.Proxies[DataB+"->"+DataA] = ab, ba
-		peerAddrs[DataA] = map[string]string{DataB: ab.Addr()}
-		peerAddrs[DataB] = map[string]string{DataA: ba.Addr()}
-	}
-	c.peerAddrs = peerAddrs
-	for _, n := range c.Nodes {
-		if err := os.WriteFile(n.Config, []byte(c.config(n, peerAddrs[n.ID], nil)), 0o644); err != nil {
-			tb.Fatalf("writing config: %v", err)
-		}
-	}
+	c.tb = tb
 	tb.Cleanup(func() {
-		for _, n := range c.Nodes {
-			if n.proc != nil {
-				n.proc.Kill()
-			}
-		}
+		c.Close()
 		if tb.Failed() {
 			for _, id := range []string{DataA, DataB, Witness} {
 				b, _ := os.ReadFile(c.Nodes[id].LogPath)
@@ -141,23 +112,16 @@ func StartCluster(tb testing.TB, opts ClusterOptions) *Cluster {
 			}
 		}
 	})
-	for _, id := range []string{DataA, DataB, Witness} {
-		if err := c.Start(ctx, id); err != nil {
-			tb.Fatalf("%v", err)
-		}
-	}
-	if _, err := c.WaitLeader(ctx, ""); err != nil {
-		tb.Fatalf("%v", err)
-	}
 	return c
 }
 
-func (c *Cluster) tls(ctx context.Context, args ...string) {
-	c.tb.Helper()
+// tls runs a `twinsnapd tls` subcommand.
+func (c *Cluster) tls(ctx context.Context, args ...string) error {
 	out, err := exec.CommandContext(ctx, c.DaemonBin, append([]string{"tls"}, args...)...).CombinedOutput()
 	if err != nil {
-		c.tb.Fatalf("twinsnapd tls %s: %v: %s", strings.Join(args, " "), err, out)
+		return fmt.Errorf("testenv: twinsnapd tls %s: %w: %s", strings.Join(args, " "), err, out)
 	}
+	return nil
 }
 
 // config renders a node's configuration: founding member of the
@@ -192,6 +156,7 @@ func (c *Cluster) config(n *ClusterNode, peerAddrs map[string]string, join []str
 			fmt.Fprintf(&b, "%q = %q\n", id, a)
 		}
 	}
+	c.raft.write(&b)
 	return b.String()
 }
 
@@ -215,7 +180,10 @@ func (c *Cluster) Start(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	cl := c.Client(id)
+	cl, err := c.NewClient(id)
+	if err != nil {
+		return err
+	}
 	defer cl.Close()
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
@@ -288,8 +256,23 @@ func (c *Cluster) Signal(id string, sig syscall.Signal) error {
 }
 
 // Client returns an admin API client for the given nodes (all when none
-// are named), tried in order.
+// are named), tried in order. It fails the test (or, for a cluster from
+// LaunchCluster, panics) when the admin certificate cannot be loaded; see
+// NewClient for a variant that returns the error.
 func (c *Cluster) Client(ids ...string) *api.Client {
+	cl, err := c.NewClient(ids...)
+	if err != nil {
+		if c.tb != nil {
+			c.tb.Fatalf("%v", err)
+		}
+		panic(err)
+	}
+	return cl
+}
+
+// NewClient returns an admin API client for the given nodes (all when none
+// are named), tried in order.
+func (c *Cluster) NewClient(ids ...string) (*api.Client, error) {
 	if len(ids) == 0 {
 		ids = []string{DataA, DataB, Witness}
 	}
@@ -305,9 +288,9 @@ func (c *Cluster) Client(ids ...string) *api.Client {
 		Timeout:  30 * time.Second,
 	})
 	if err != nil {
-		c.tb.Fatalf("admin client: %v", err)
+		return nil, fmt.Errorf("testenv: admin client: %w", err)
 	}
-	return cl
+	return cl, nil
 }
 
 // CLIResult is the outcome of one twinsnap CLI run.
@@ -364,7 +347,10 @@ func (c *Cluster) leader(ctx context.Context) (string, error) {
 		if !c.Running(id) {
 			continue
 		}
-		cl := c.Client(id)
+		cl, err := c.NewClient(id)
+		if err != nil {
+			return "", err
+		}
 		hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := cl.Health(hctx)
 		cancel()
@@ -404,12 +390,11 @@ func (c *Cluster) HealDataLink() {
 }
 
 // freePort returns a loopback address whose port was free a moment ago.
-func freePort(tb testing.TB) string {
-	tb.Helper()
+func freePort() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		tb.Fatalf("free port: %v", err)
+		return "", fmt.Errorf("testenv: free port: %w", err)
 	}
 	defer ln.Close()
-	return ln.Addr().String()
+	return ln.Addr().String(), nil
 }
