@@ -24,6 +24,11 @@ type Bundle struct {
 	Cert *x509.Certificate
 	// Key is the holder's private key.
 	Key crypto.Signer
+	// ClusterKey is the cluster key, which [CA.Issue] sets for node bundles
+	// so that [WriteBundle] copies it into the node's directory. LoadBundle
+	// leaves it nil: a daemon reads the key with [LoadClusterKey], so that a
+	// node whose directory predates cluster keys still starts.
+	ClusterKey *ClusterKey
 }
 
 // TLSCertificate returns the holder's certificate and key for a tls.Config.
@@ -64,9 +69,10 @@ func (b *Bundle) Verify(now time.Time) error {
 	return nil
 }
 
-// WriteBundle writes b to dir as ca.crt (0644), <Name>.crt (0644) and
-// <Name>.key (0600), creating dir (0700) if needed and replacing earlier
-// files of the same holder (a renewal). Each file is replaced atomically.
+// WriteBundle writes b to dir as ca.crt (0644), <Name>.crt (0644),
+// <Name>.key (0600) and, when b carries one, cluster.key (0600), creating
+// dir (0700) if needed and replacing earlier files of the same holder (a
+// renewal). Each file is replaced atomically.
 func WriteBundle(dir string, b *Bundle) error {
 	if err := ValidName(b.Name); err != nil {
 		return fmt.Errorf("pki: write bundle: %w", err)
@@ -89,6 +95,13 @@ func WriteBundle(dir string, b *Bundle) error {
 		{b.Name + ".key", keyPEM, 0o600},
 		{b.Name + ".crt", encodeCert(b.Cert), 0o644},
 		{CACertFile, encodeCert(b.CACert), 0o644},
+	}
+	if b.ClusterKey != nil && !b.ClusterKey.IsZero() {
+		files = append(files, struct {
+			name string
+			data []byte
+			perm os.FileMode
+		}{ClusterKeyFile, b.ClusterKey.secret, 0o600})
 	}
 	for _, f := range files {
 		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {

@@ -30,16 +30,21 @@ const (
 const backdate = 5 * time.Minute
 
 // CA is a cluster's certificate authority: a self-signed ECDSA P-256
-// certificate and its key.
+// certificate and its key, and the cluster key that node bundles get a
+// copy of.
 type CA struct {
 	// Cert is the self-signed CA certificate.
 	Cert *x509.Certificate
 	// Key is the CA's private key.
 	Key crypto.Signer
+	// ClusterKey is the cluster's symmetric key (see [ClusterKey]). [CA.Issue]
+	// hands it to node bundles; nil leaves node bundles without one.
+	ClusterKey *ClusterKey
 }
 
 // NewCA creates a CA for the cluster called name, valid for validity from
-// now. The CA may sign leaf certificates only (path length zero).
+// now, and a new cluster key. The CA may sign leaf certificates only (path
+// length zero).
 func NewCA(name string, validity time.Duration) (*CA, error) {
 	if strings.TrimSpace(name) == "" {
 		return nil, fmt.Errorf("%w: empty CA name", ErrInvalidName)
@@ -75,19 +80,24 @@ func NewCA(name string, validity time.Duration) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: new CA: parse certificate: %w", err)
 	}
-	return &CA{Cert: cert, Key: key}, nil
+	ck, err := NewClusterKey()
+	if err != nil {
+		return nil, fmt.Errorf("pki: new CA: %w", err)
+	}
+	return &CA{Cert: cert, Key: key, ClusterKey: &ck}, nil
 }
 
-// Save writes the CA to dir as ca.crt (0644) and ca.key (0600), creating dir
-// (0700) if needed. It never overwrites: if either file exists it returns an
-// error wrapping fs.ErrExist, since replacing a cluster's CA cuts every
-// holder off.
+// Save writes the CA to dir as ca.crt (0644), ca.key (0600) and, when the CA
+// has one, cluster.key (0600), creating dir (0700) if needed. It never
+// overwrites: if any of the files exists it returns an error wrapping
+// fs.ErrExist, since replacing a cluster's CA cuts every holder off and
+// replacing its cluster key makes every sealed secret unreadable.
 func (ca *CA) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("pki: save CA: %w", err)
 	}
 	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
-	for _, p := range []string{certPath, keyPath} {
+	for _, p := range []string{certPath, keyPath, filepath.Join(dir, ClusterKeyFile)} {
 		if _, err := os.Lstat(p); err == nil {
 			return fmt.Errorf("pki: save CA: %s: %w", p, fs.ErrExist)
 		} else if !errors.Is(err, fs.ErrNotExist) {
@@ -97,6 +107,11 @@ func (ca *CA) Save(dir string) error {
 	keyPEM, err := encodeKey(ca.Key)
 	if err != nil {
 		return fmt.Errorf("pki: save CA: %w", err)
+	}
+	if ca.ClusterKey != nil {
+		if err := createClusterKey(dir, *ca.ClusterKey); err != nil {
+			return fmt.Errorf("pki: save CA: %w", err)
+		}
 	}
 	if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("pki: save CA: %w", err)
@@ -109,6 +124,12 @@ func (ca *CA) Save(dir string) error {
 
 // LoadCA reads a CA saved by [CA.Save] from dir. It checks that the
 // certificate is a CA certificate and that the key belongs to it.
+//
+// It also reads the cluster key. A CA directory made before cluster keys
+// existed has none: LoadCA then creates cluster.key there (0600, never
+// replacing one another process created meanwhile), so that the next
+// `twinsnapd tls node` gives every node of an existing cluster the same
+// key.
 func LoadCA(dir string) (*CA, error) {
 	cert, err := readCert(filepath.Join(dir, CACertFile))
 	if err != nil {
@@ -127,7 +148,28 @@ func LoadCA(dir string) (*CA, error) {
 	if err := matchKey(cert, key); err != nil {
 		return nil, fmt.Errorf("pki: load CA: %w", err)
 	}
-	return &CA{Cert: cert, Key: key}, nil
+	ck, err := loadOrCreateClusterKey(dir)
+	if err != nil {
+		return nil, fmt.Errorf("pki: load CA: %w", err)
+	}
+	return &CA{Cert: cert, Key: key, ClusterKey: &ck}, nil
+}
+
+// loadOrCreateClusterKey reads dir's cluster key, creating it first if the
+// directory has none.
+func loadOrCreateClusterKey(dir string) (ClusterKey, error) {
+	ck, err := LoadClusterKey(dir)
+	if !errors.Is(err, ErrNoClusterKey) {
+		return ck, err
+	}
+	ck, err = NewClusterKey()
+	if err != nil {
+		return ClusterKey{}, err
+	}
+	if err := createClusterKey(dir, ck); err != nil && !errors.Is(err, fs.ErrExist) {
+		return ClusterKey{}, fmt.Errorf("create %s: %w", filepath.Join(dir, ClusterKeyFile), err)
+	}
+	return LoadClusterKey(dir) // the one on disk, whoever wrote it
 }
 
 // Pool returns a certificate pool holding only this CA.
@@ -167,7 +209,8 @@ func (ca *CA) IssueAdmin(name string, validity time.Duration) (*Bundle, error) {
 
 // Issue generates a key pair and issues a certificate as req asks, returning
 // the holder's bundle. Node certificates allow server and client
-// authentication; admin certificates client authentication only.
+// authentication; admin certificates client authentication only. A node
+// bundle carries the CA's cluster key, an admin bundle never does.
 func (ca *CA) Issue(req Request) (*Bundle, error) {
 	uri, err := IdentityURI(req.Role, req.Name)
 	if err != nil {
@@ -230,7 +273,12 @@ func (ca *CA) Issue(req Request) (*Bundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: issue %s: parse certificate: %w", uri, err)
 	}
-	return &Bundle{Name: req.Name, CACert: ca.Cert, Cert: cert, Key: key}, nil
+	b := &Bundle{Name: req.Name, CACert: ca.Cert, Cert: cert, Key: key}
+	if req.Role == RoleNode && ca.ClusterKey != nil {
+		ck := *ca.ClusterKey
+		b.ClusterKey = &ck
+	}
+	return b, nil
 }
 
 // newSerial returns a random positive 128-bit serial number.

@@ -41,14 +41,31 @@
 //
 // # Files
 //
-// A CA directory holds ca.crt and ca.key. Every holder has a [Bundle]
-// directory with ca.crt, <name>.crt and <name>.key. Private keys are written
-// with mode 0600 and refused on load when group or others can read them.
+// A CA directory holds ca.crt, ca.key and cluster.key. Every holder has a
+// [Bundle] directory with ca.crt, <name>.crt and <name>.key; a node's also
+// holds a copy of cluster.key, an admin's never does. Private keys and the
+// cluster key are written with mode 0600 and refused on load when group or
+// others can read them.
+//
+// # Cluster key
+//
+// The cluster key ([ClusterKey]) is 32 random bytes created with the CA.
+// It seals secrets the cluster must replicate but never hold in clear text
+// (the passwords of export shares): [ClusterKey.Seal] is AES-256-GCM under
+// a key derived with HKDF-SHA256 for that purpose, with a random nonce and
+// the record's name as additional data, and [ClusterKey.Open] fails with
+// [ErrSealed] for anything changed, sealed under another key or moved to
+// another record. [ClusterKey.ID] is a short fingerprint that records store
+// beside the sealed bytes. A CA directory made before cluster keys gets one
+// the first time [LoadCA] reads it; a node directory without one
+// ([LoadClusterKey] fails with [ErrNoClusterKey]) gets it from the next
+// `twinsnapd tls node`. The key cannot be rotated yet.
 //
 // # Errors
 //
 // Failures wrap one of the sentinel errors ([ErrUntrusted], [ErrExpired],
-// [ErrWrongRole], [ErrWrongName], [ErrNoCertificate], [ErrNoIdentity], …) with
+// [ErrWrongRole], [ErrWrongName], [ErrNoCertificate], [ErrNoIdentity],
+// [ErrNoClusterKey], [ErrSealed], …) with
 // %w; [Classify] maps the standard library's handshake errors onto them.
 //
 // Keys are ECDSA P-256 rather than Ed25519: Go's TLS 1.3 handles both, but

@@ -34,8 +34,20 @@ var (
 	ErrInvalidName = errors.New("pki: invalid name")
 	// ErrKeyMismatch means a private key does not belong to its certificate.
 	ErrKeyMismatch = errors.New("pki: private key does not match certificate")
-	// ErrInsecureKey means a private key file is readable by group or others.
+	// ErrInsecureKey means a private key file (or the cluster key) is
+	// readable by group or others.
 	ErrInsecureKey = errors.New("pki: private key file is accessible by group or others")
+	// ErrNoClusterKey means there is no cluster key: a node directory made
+	// before cluster keys existed, or the zero ClusterKey. Operations that
+	// need the key (sealing and opening share credentials) are refused; the
+	// rest of the node works.
+	ErrNoClusterKey = errors.New("pki: no cluster key")
+	// ErrBadClusterKey means a cluster key file does not hold exactly
+	// ClusterKeySize bytes or is not a regular file.
+	ErrBadClusterKey = errors.New("pki: malformed cluster key")
+	// ErrSealed means sealed bytes do not open: they were changed, sealed
+	// under another cluster key, or sealed for another record (another aad).
+	ErrSealed = errors.New("pki: sealed value does not open with this cluster key")
 )
 
 // Classify maps an error from certificate verification or a TLS handshake

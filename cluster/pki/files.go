@@ -130,3 +130,32 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	}
 	return os.Rename(tmp.Name(), path)
 }
+
+// createFileExclusive writes data to path with mode perm only if path does
+// not exist yet, returning an error wrapping fs.ErrExist otherwise. Like
+// writeFileAtomic it writes a temporary file first, then links it into
+// place (a hard link never replaces), so that a reader never sees a partial
+// file and of two racing writers exactly one wins.
+func createFileExclusive(path string, data []byte, perm os.FileMode) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	if err = tmp.Chmod(perm); err != nil {
+		_ = tmp.Close()
+		return err
+	}
+	if _, err = tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		return err
+	}
+	if err = tmp.Sync(); err != nil {
+		_ = tmp.Close()
+		return err
+	}
+	if err = tmp.Close(); err != nil {
+		return err
+	}
+	return os.Link(tmp.Name(), path)
+}

@@ -118,13 +118,18 @@ snapshot replication) is mutual TLS 1.3 with certificates of one cluster CA:
   twinsnapd tls node  --ca-dir /etc/twinsnap/ca --id data-a --host 10.0.0.1 --out /etc/twinsnap/tls
   twinsnapd tls admin --ca-dir /etc/twinsnap/ca --name alice --out ~/.config/twinsnap
 
-Keep ca.key offline after issuing the certificates.`,
+tls ca also creates cluster.key, the cluster key (32 random bytes, mode 0600), which
+seals the passwords of export shares in the replicated state; tls node copies it into
+the node's directory, next to its certificate (admin directories never get it). For a
+CA directory made before cluster keys, the first tls node creates it, so run tls node
+again for each node of such a cluster. Keep the CA directory (ca.key, cluster.key) offline
+after issuing the certificates. The cluster key cannot be rotated yet.`,
 	}
 	var dir, name string
 	var validity time.Duration
 	ca := &cobra.Command{
 		Use:   "ca --dir DIR",
-		Short: "Create a new cluster CA (ca.crt, ca.key) in DIR",
+		Short: "Create a new cluster CA and cluster key (ca.crt, ca.key, cluster.key) in DIR",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
@@ -134,11 +139,11 @@ Keep ca.key offline after issuing the certificates.`,
 			if err != nil {
 				return err
 			}
-			fmt.Printf("created cluster CA %q in %s (valid until %s)\n", c.Cert.Subject.CommonName, dir, c.Cert.NotAfter.UTC().Format(time.RFC3339))
+			fmt.Printf("created cluster CA %q in %s (valid until %s) and cluster key %s\n", c.Cert.Subject.CommonName, dir, c.Cert.NotAfter.UTC().Format(time.RFC3339), c.ClusterKey.ID())
 			return nil
 		},
 	}
-	ca.Flags().StringVar(&dir, "dir", "", "directory for ca.crt and ca.key")
+	ca.Flags().StringVar(&dir, "dir", "", "directory for ca.crt, ca.key and cluster.key")
 	ca.Flags().StringVar(&name, "name", "twinsnap cluster CA", "the CA's common name")
 	ca.Flags().DurationVar(&validity, "validity", daemon.DefaultCAValidity, "how long the CA is valid")
 
@@ -147,7 +152,7 @@ Keep ca.key offline after issuing the certificates.`,
 	var certValidity time.Duration
 	node := &cobra.Command{
 		Use:   "node --ca-dir DIR --id ID --host HOST[,HOST] --out DIR",
-		Short: "Issue a node certificate (ca.crt, ID.crt, ID.key in --out)",
+		Short: "Issue a node certificate (ca.crt, ID.crt, ID.key and a copy of cluster.key in --out)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if caDir == "" || id == "" || out == "" {
@@ -158,10 +163,13 @@ Keep ca.key offline after issuing the certificates.`,
 				return err
 			}
 			fmt.Printf("issued node certificate %q for %s in %s (valid until %s)\n", id, strings.Join(hosts, ","), out, b.Cert.NotAfter.UTC().Format(time.RFC3339))
+			if b.ClusterKey != nil {
+				fmt.Printf("copied cluster key %s into %s\n", b.ClusterKey.ID(), out)
+			}
 			return nil
 		},
 	}
-	node.Flags().StringVar(&caDir, "ca-dir", "", "directory holding ca.crt and ca.key")
+	node.Flags().StringVar(&caDir, "ca-dir", "", "directory holding ca.crt, ca.key and cluster.key")
 	node.Flags().StringVar(&id, "id", "", "node id (as in the node's configuration)")
 	node.Flags().StringSliceVar(&hosts, "host", nil, "host names and IP addresses the node is reached at")
 	node.Flags().StringVar(&out, "out", "", "directory to write the bundle to")
