@@ -38,7 +38,7 @@ func FuzzVMDKReader(f *testing.F) {
 
 	const limit = 1 << 30
 	f.Fuzz(func(t *testing.T, data []byte) {
-		d := NewVMDKReader(bytes.NewReader(data), VMDKReaderOptions{MaxCapacity: limit})
+		d := NewVMDKReader(bytes.NewReader(data), VMDKReaderOptions{MaxCapacity: limit, BufferSize: 4096})
 		info, err := d.Header()
 		if err == nil {
 			if info.Capacity <= 0 || info.Capacity > limit {

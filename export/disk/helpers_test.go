@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -200,6 +201,62 @@ func (m *memSource) writeRaw(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// piecesSource is a Source of size bytes holding data only in its pieces
+// (sorted, apart): large disks without large buffers.
+type piecesSource struct {
+	size   int64
+	pieces []volumes.Extent
+	data   [][]byte
+}
+
+// add appends a piece of random data at off.
+func (p *piecesSource) add(rng *rand.Rand, off, n int64) {
+	b := make([]byte, n)
+	fill(rng, b)
+	p.pieces = append(p.pieces, volumes.Extent{Start: off, Length: n})
+	p.data = append(p.data, b)
+}
+
+func (p *piecesSource) Size() int64               { return p.size }
+func (p *piecesSource) Extents() []volumes.Extent { return slices.Clone(p.pieces) }
+func (p *piecesSource) ReadAt(b []byte, off int64) (int, error) {
+	if off >= p.size {
+		return 0, io.EOF
+	}
+	n := int(min(int64(len(b)), p.size-off))
+	clear(b[:n])
+	for i, e := range p.pieces {
+		a, z := max(e.Start, off), min(e.End(), off+int64(n))
+		if a < z {
+			copy(b[a-off:z-off], p.data[i][a-e.Start:z-e.Start])
+		}
+	}
+	if n < len(b) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// writeRaw stores the source as a sparse raw file.
+func (p *piecesSource) writeRaw(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "src.raw")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i, e := range p.pieces {
+		if _, err := f.WriteAt(p.data[i], e.Start); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(p.size); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // zeroSource is a Source of size bytes whose extents read as zeros: it

@@ -29,6 +29,9 @@ type VMDKReaderOptions struct {
 	// MaxCapacity is the largest virtual disk accepted, in bytes;
 	// 0 means DefaultMaxCapacity.
 	MaxCapacity int64
+	// BufferSize is the size of the reads from the input; 0 means 1 MiB,
+	// which suits a network share.
+	BufferSize int
 }
 
 // VMDKInfo describes a streamOptimized VMDK.
@@ -89,7 +92,10 @@ func NewVMDKReader(r io.Reader, opts VMDKReaderOptions) *VMDKReader {
 	if opts.MaxCapacity <= 0 {
 		opts.MaxCapacity = DefaultMaxCapacity
 	}
-	return &VMDKReader{r: bufio.NewReaderSize(r, 1<<20), opts: opts}
+	if opts.BufferSize <= 0 {
+		opts.BufferSize = 1 << 20
+	}
+	return &VMDKReader{r: bufio.NewReaderSize(r, opts.BufferSize), opts: opts}
 }
 
 // ReadStreamOptimizedVMDK reads the streamOptimized VMDK in r and writes

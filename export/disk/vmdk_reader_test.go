@@ -273,8 +273,8 @@ func TestVMDKReaderTruncated(t *testing.T) {
 // output does not depend on the number of workers.
 func TestVMDKRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	for i := range 30 {
-		size := (1 + rng.Int64N(4<<20/sectorSize)) * sectorSize
+	for i := range 25 {
+		size := (1 + rng.Int64N(3<<20/sectorSize)) * sectorSize
 		m := randomSparse(rng, size, rng.IntN(8))
 		opts := VMDKOptions{Level: 1 + rng.IntN(9), ChunkSize: (1 + rng.IntN(64)) * 4096, Workers: 1 + rng.IntN(4)}
 		s, err := NewStreamOptimizedVMDK(m, opts)
