@@ -200,9 +200,18 @@ func (d *Daemon) createVM(ctx context.Context, sn state.Snapshot, req api.Create
 				}
 			}
 		}
+		// Serial and channel files: the clone's own, in its directory.
+		paths := map[string]string{}
+		chars, err := hypervisor.DomainCharPaths(sn.Captured.Text)
+		if err != nil {
+			return nil, apiError(api.CodeConflict, "the captured domain XML: "+err.Error())
+		}
+		for i, p := range chars {
+			paths[p] = filepath.Join(dir, fmt.Sprintf("char%d-%s", i, filepath.Base(p)))
+		}
 		var macs []string
-		xml, err := cloneDomainXML(sn.Captured.Text, domainCloneOptions{
-			Name: req.Name, UUID: res.UUID, Disks: disks, NVRAM: vars,
+		xml, err := hypervisor.CloneDomainXML(sn.Captured.Text, hypervisor.DomainCloneOptions{
+			Name: req.Name, UUID: res.UUID, Disks: disks, NVRAM: vars, Paths: paths,
 			MAC: func(string) string { m := hypervisor.RandomMAC(); macs = append(macs, m); return m },
 		})
 		if err != nil {

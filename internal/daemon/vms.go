@@ -220,6 +220,9 @@ func (d *Daemon) inspectVM(ctx context.Context, req api.VMRegisterRequest) (comm
 		if dev.ReadOnly || dev.NodeName == "" {
 			continue // CD-ROMs and empty drives are not volumes
 		}
+		if strings.HasPrefix(dev.Drive, "pflash") || strings.Contains(dev.QOMPath, "system.flash") {
+			continue // UEFI firmware and variables: captured with the VM's configuration
+		}
 		name := dev.Serial
 		if name == "" {
 			name = dev.DeviceID

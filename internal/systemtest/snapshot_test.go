@@ -28,6 +28,10 @@ type snapEnv struct {
 	// client at a time, so callers close it before twinsnap needs it.
 	agent func(ctx context.Context) (*guestagent.Client, error)
 	disk  func(serial string) string // the guest's live image of a volume
+	// libvirtSocket is the test libvirtd's socket (libvirt guests only).
+	libvirtSocket string
+	// mac is the guest's MAC address.
+	mac string
 }
 
 // sh runs a shell command in the guest (see guestSh) on a connection of
@@ -66,7 +70,7 @@ func newQEMUSnapEnv(t *testing.T, ctx context.Context, disks []testenv.DiskSpec,
 	if err != nil {
 		t.Fatalf("register: %v", err)
 	}
-	return &snapEnv{c: c, cl: cl, vm: *reg, agent: vm.Agent, disk: func(serial string) string {
+	return &snapEnv{c: c, cl: cl, vm: *reg, agent: vm.Agent, mac: vm.MAC, disk: func(serial string) string {
 		d, ok := vm.Disk(serial)
 		if !ok {
 			t.Fatalf("no disk %s", serial)
@@ -304,7 +308,7 @@ func newLibvirtSnapEnv(t *testing.T, ctx context.Context, disks []testenv.DiskSp
 	if err != nil {
 		t.Fatalf("register: %v", err)
 	}
-	return &snapEnv{c: c, cl: cl, vm: *reg,
+	return &snapEnv{c: c, cl: cl, vm: *reg, libvirtSocket: lv.Socket, mac: dom.MAC,
 		agent: func(ctx context.Context) (*guestagent.Client, error) {
 			m, err := hypervisor.OpenLibvirt(ctx, lv.Socket, dom.Name)
 			if err != nil {
@@ -353,4 +357,80 @@ func TestSnapshotEndToEndLibvirt(t *testing.T) {
 		t.Fatalf("captured config: %v %+v", err, cfg)
 	}
 	checkSnapshotContent(t, ctx, e, done)
+
+	// A new domain from the snapshot: it boots, its agent answers through
+	// libvirt, its MAC differs, and it holds the first marker only.
+	res, err := e.cl.CreateVMFromSnapshot(ctx, sn.ID, api.CreateVMRequest{Name: "guest-copy"})
+	if err != nil {
+		t.Fatalf("create VM from snapshot: %v", err)
+	}
+	if !res.Started || !res.AgentReady || len(res.MACs) != 1 || strings.EqualFold(res.MACs[0], e.mac) || res.VM.Driver != command.DriverLibvirt {
+		t.Fatalf("created VM %+v (source MAC %s)", res, e.mac)
+	}
+	t.Logf("domain guest-copy from snapshot %s: agent ready in %.1f s, MAC %s (source %s)", sn.ID, res.Seconds, res.MACs[0], e.mac)
+	m, err := hypervisor.OpenLibvirt(ctx, e.libvirtSocket, "guest-copy")
+	if err != nil {
+		t.Fatalf("open the new domain: %v", err)
+	}
+	ga := guestagent.NewClient(machineAgent{m})
+	defer ga.Close()
+	if out := strings.TrimSpace(guestSh(t, ctx, ga, "cat /mnt/data1/marker1; test ! -e /mnt/data1/marker2 && echo no-marker2")); out != "before\nno-marker2" {
+		t.Fatalf("the new domain's data1 holds %q", out)
+	}
+}
+
+// TestSnapshotUEFI snapshots a bare QEMU guest that boots with OVMF: the
+// snapshot carries its UEFI variables to both nodes, and a VM created from
+// it boots with its own copy of them.
+func TestSnapshotUEFI(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c := testenv.StartCluster(t, testenv.ClusterOptions{})
+	vm := testenv.StartVM(t, testenv.VMOptions{UEFI: true})
+	if _, err := c.WaitLeader(ctx, "data"); err != nil {
+		t.Fatalf("%v", err)
+	}
+	cl := c.Client(testenv.DataA)
+	defer cl.Close()
+	if _, err := cl.SetSnapshotsEnabled(ctx, true); err != nil {
+		t.Fatalf("%v", err)
+	}
+	if _, err := cl.RegisterVM(ctx, api.VMRegisterRequest{Name: "efi", Driver: command.DriverQEMU,
+		QEMU: &command.QEMUConnection{QMPSocket: vm.QMPSocket, AgentSocket: vm.AgentSocket}}); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	sn, err := cl.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: "efi"})
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	done := waitSnapshot(t, ctx, cl, sn.ID, api.StateComplete, 3*time.Minute)
+	want := fileSHA(t, vm.UEFIVars)
+	if done.UEFIVars == nil || done.UEFIVars.SHA256 != want {
+		t.Fatalf("snapshot's UEFI variables %+v, the VM's file has sha256 %s", done.UEFIVars, want)
+	}
+	for _, r := range done.Replicas {
+		if r.UEFIVars == nil || *r.UEFIVars != *done.UEFIVars {
+			t.Fatalf("replica on %s has UEFI variables %+v", r.Node, r.UEFIVars)
+		}
+		if got := fileSHA(t, filepath.Join(c.Nodes[r.Node].Dir, "data", "snapshots", sn.ID, "uefi-vars.fd")); got != want {
+			t.Fatalf("%s holds UEFI variables with sha256 %s, want %s", r.Node, got, want)
+		}
+	}
+	res, err := cl.CreateVMFromSnapshot(ctx, sn.ID, api.CreateVMRequest{Name: "efi-copy"})
+	if err != nil {
+		t.Fatalf("create VM: %v", err)
+	}
+	t.Cleanup(func() { stopCreatedVM(t, context.Background(), res) })
+	if !res.Started || !res.AgentReady {
+		t.Fatalf("created VM %+v", res)
+	}
+	t.Logf("UEFI VM efi-copy from snapshot %s: agent ready in %.1f s", sn.ID, res.Seconds)
+	ga, err := guestagentFor(ctx, res)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	defer ga.Close()
+	if out := strings.TrimSpace(guestSh(t, ctx, ga, "test -d /sys/firmware/efi && echo efi")); out != "efi" {
+		t.Fatalf("the copy did not boot with UEFI: %q", out)
+	}
 }
