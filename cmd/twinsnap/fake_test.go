@@ -146,7 +146,9 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-time.After(f.delay):
 		case <-r.Context().Done():
-			return
+			// No reply at all: returning would send an empty 200, which
+			// a client still reading would take for an answer.
+			panic(http.ErrAbortHandler)
 		}
 	}
 	rep, ok := f.next(full)

@@ -473,9 +473,10 @@ func TestSnapshotCreateWaitEnds(t *testing.T) {
 	fake.sequences[snapGetPath] = []reply{{body: partialAt("0", "2026-03-01T10:01:00Z")}}
 	addr := startFake(t, p, fake)
 
-	r := runCLI(t, append(flagsFor(p, addr), "--timeout", "300ms", "snapshot", "create", "web1", "--wait", "-o", "json")...)
+	// Room for the handshake and the first polls, even with -race.
+	r := runCLI(t, append(flagsFor(p, addr), "--timeout", "2s", "snapshot", "create", "web1", "--wait", "-o", "json")...)
 	if r.code != exitUnknownResult ||
-		!strings.HasPrefix(r.stderr, "twinsnap: stopped waiting for snapshot snap-5f2a after --timeout 300ms: it is partial and goes on\n") ||
+		!strings.HasPrefix(r.stderr, "twinsnap: stopped waiting for snapshot snap-5f2a after --timeout 2s: it is partial and goes on\n") ||
 		!strings.Contains(r.stderr, "hint: follow it with 'twinsnap snapshot show snap-5f2a'") {
 		t.Fatalf("wait timed out: exit %d, want %d; stderr %q", r.code, exitUnknownResult, r.stderr)
 	}
@@ -485,9 +486,17 @@ func TestSnapshotCreateWaitEnds(t *testing.T) {
 	env := &cliEnv{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr,
 		getenv: func(string) string { return "" }, stdinIsTerminal: func() bool { return false },
 		location: testZone, pollInterval: testPoll}
+	fake = snapAPI()
+	fake.sequences[snapGetPath] = []reply{{body: partialAt("0", "2026-03-01T10:01:00Z")}}
+	addr = startFake(t, p, fake)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	time.AfterFunc(500*time.Millisecond, cancel) // Ctrl-C
+	go func() { // Ctrl-C once a poll has been answered (a second one is asked)
+		for len(fake.seen()) < 3 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+	}()
 	code := run(ctx, append(flagsFor(p, addr), "snapshot", "create", "web1", "--wait"), env)
 	if code != exitUnknownResult ||
 		!strings.HasPrefix(stderr.String(), "twinsnap: stopped waiting for snapshot snap-5f2a (interrupted): it is partial and goes on\n") {
@@ -640,8 +649,8 @@ func TestSnapshotDeleteWaitTimeout(t *testing.T) {
 		"DELETE /v1/snapshots/snap-5f2a": {body: deleting},
 		snapGetPath:                      {body: deleting},
 	}})
-	r := runCLI(t, append(flagsFor(p, addr), "--timeout", "300ms", "snapshot", "delete", "snap-5f2a", "-y", "--wait")...)
-	if r.code != exitUnknownResult || !strings.Contains(r.stderr, "after --timeout 300ms: it is deleting and goes on") || r.stdout != "" {
+	r := runCLI(t, append(flagsFor(p, addr), "--timeout", "2s", "snapshot", "delete", "snap-5f2a", "-y", "--wait")...)
+	if r.code != exitUnknownResult || !strings.Contains(r.stderr, "after --timeout 2s: it is deleting and goes on") || r.stdout != "" {
 		t.Fatalf("delete wait timed out: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 }
