@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -115,12 +116,14 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 func (c *Client) doOne(ctx context.Context, server, method, path string, body []byte, out any) error {
-	// path arrives escaped (ids go through url.PathEscape); keep that form.
+	// path arrives escaped (ids go through url.PathEscape); keep that
+	// form. A query string, if any, is already encoded.
+	path, query, _ := strings.Cut(path, "?")
 	unescaped, err := url.PathUnescape(Version + path)
 	if err != nil {
 		return fmt.Errorf("%w: path %q: %w", ErrInvalid, path, err)
 	}
-	u := url.URL{Scheme: "https", Host: server, Path: unescaped, RawPath: Version + path}
+	u := url.URL{Scheme: "https", Host: server, Path: unescaped, RawPath: Version + path, RawQuery: query}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
