@@ -79,12 +79,34 @@ func (e *DecodeError) Error() string {
 // Unwrap returns the cause.
 func (e *DecodeError) Unwrap() error { return e.Err }
 
-// codec describes one command type: its name, the payload version Encode
-// writes and a decoder per payload version it can read.
+// codec describes one command type: its name, the newest payload version
+// and a decoder per payload version it can read.
 type codec struct {
 	name    string
 	version uint8
 	decode  map[uint8]func([]byte) (Command, error)
+}
+
+// versioned is implemented by commands whose payload gained fields after
+// payload version 1. Fields are only ever added, each with omitempty, so
+// one struct reads every version; payloadVersion says which fields are set.
+type versioned interface {
+	// payloadVersion returns the lowest payload version that carries every
+	// field the command sets (non-zero, as omitempty sees it).
+	payloadVersion() uint8
+}
+
+// PayloadVersion returns the payload version Encode writes for c: the
+// lowest version that carries every field c sets. A command that uses no
+// field of a newer version is written at the older one, byte for byte as
+// before, so that nodes of an older release keep reading it; one that does
+// is written at the newer version, which older nodes refuse with
+// *UnknownVersionError ("upgrade this node") instead of misreading it.
+func PayloadVersion(c Command) uint8 {
+	if v, ok := c.(versioned); ok {
+		return v.payloadVersion()
+	}
+	return 1
 }
 
 // registry holds every known command type. It is filled by init functions
@@ -108,31 +130,54 @@ func register[C any, P interface {
 	registry[t] = &codec{
 		name:    name,
 		version: 1,
-		decode:  map[uint8]func([]byte) (Command, error){1: decodeJSON[C, P]},
+		decode:  map[uint8]func([]byte) (Command, error){1: decodeJSON[C, P](1)},
 	}
 }
 
-// decodeJSON strictly decodes a JSON payload into a new C: unknown fields and
-// trailing data are errors, because a field this node does not know could
-// carry meaning it would silently drop.
+// addVersion makes version the newest payload version of command type t,
+// registered before with register: C gained fields, and C's payloadVersion
+// reports when they are set. Decoders of the older versions refuse payloads
+// that carry the newer fields.
+func addVersion[C any, P interface {
+	*C
+	Command
+	versioned
+}](t Type, version uint8) {
+	cd := registry[t]
+	if cd == nil || version != cd.version+1 {
+		panic(fmt.Sprintf("command: version %d of type %d does not follow a registered version", version, t))
+	}
+	cd.version = version
+	cd.decode[version] = decodeJSON[C, P](version)
+}
+
+// decodeJSON returns a decoder of payload version v: it strictly decodes a
+// JSON payload into a new C. Unknown fields and trailing data are errors,
+// because a field this node does not know could carry meaning it would
+// silently drop; so are fields of a later payload version than v.
 func decodeJSON[C any, P interface {
 	*C
 	Command
-}](b []byte) (Command, error) {
-	p := P(new(C))
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(p); err != nil {
-		return nil, err
+}](v uint8) func([]byte) (Command, error) {
+	return func(b []byte) (Command, error) {
+		p := P(new(C))
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(p); err != nil {
+			return nil, err
+		}
+		if _, err := dec.Token(); err != io.EOF {
+			return nil, errors.New("trailing data after payload")
+		}
+		if pv := PayloadVersion(p); pv > v {
+			return nil, fmt.Errorf("payload version %d carries fields of version %d", v, pv)
+		}
+		return p, nil
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data after payload")
-	}
-	return p, nil
 }
 
 // Encode validates c and returns its envelope: the type byte, the payload
-// version byte, then the JSON payload.
+// version byte (see PayloadVersion), then the JSON payload.
 func Encode(c Command) ([]byte, error) {
 	if c == nil {
 		return nil, fmt.Errorf("command: encode nil command: %w", ErrInvalid)
@@ -145,6 +190,10 @@ func Encode(c Command) ([]byte, error) {
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("command: encode %s: %w", t, err)
 	}
+	version := PayloadVersion(c)
+	if cd.decode[version] == nil {
+		return nil, fmt.Errorf("command: encode %s: payload version %d is not registered", t, version)
+	}
 	payload, err := json.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("command: encode %s: %w", t, err)
@@ -153,7 +202,7 @@ func Encode(c Command) ([]byte, error) {
 		return nil, fmt.Errorf("command: encode %s: %d bytes exceeds %d: %w", t, headerSize+len(payload), MaxSize, ErrInvalid)
 	}
 	out := make([]byte, 0, headerSize+len(payload))
-	out = append(out, byte(t), cd.version)
+	out = append(out, byte(t), version)
 	return append(out, payload...), nil
 }
 

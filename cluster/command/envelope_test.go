@@ -25,8 +25,8 @@ func TestTypeNumbering(t *testing.T) {
 			t.Fatalf("type %d has no name", typ)
 		}
 	}
-	if len(Types()) != 20 {
-		t.Fatalf("Types() = %d types, want 20", len(Types()))
+	if len(Types()) != 23 {
+		t.Fatalf("Types() = %d types, want 23", len(Types()))
 	}
 	// The numbers are part of the log format: pin them.
 	pinned := map[Type]uint8{
@@ -37,6 +37,7 @@ func TestTypeNumbering(t *testing.T) {
 		TypeSnapshotFailed: 13, TypeDiscardIncomplete: 14, TypeSnapshotDeleteRequested: 15,
 		TypeReplicaReclaimed: 16, TypeExportJobCreated: 17, TypeImportJobCreated: 18,
 		TypeJobProgress: 19, TypeJobStateChanged: 20,
+		TypeShareAdded: 21, TypeShareRemoved: 22, TypeJobAssigned: 23,
 	}
 	for typ, n := range pinned {
 		if uint8(typ) != n {
@@ -138,5 +139,84 @@ func TestEncodeValueAndPointer(t *testing.T) {
 	}
 	if string(a) != string(b) || a[0] != byte(TypeNodeRemoved) || a[1] != 1 {
 		t.Fatalf("value %q and pointer %q encodings differ or have a bad header", a, b)
+	}
+}
+
+// TestPayloadVersions: a command is written at the lowest payload version
+// that carries the fields it sets, so the samples of before version 2 keep
+// their bytes; an old version's decoder refuses the newer fields, and an
+// unknown version is refused as such.
+func TestPayloadVersions(t *testing.T) {
+	for name, c := range samples() {
+		want := newFieldSamples[name]
+		if want == 0 {
+			want = 1
+		}
+		b, err := Encode(c)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if PayloadVersion(c) != want || b[1] != want {
+			t.Fatalf("%s: PayloadVersion %d, envelope version %d; want %d", name, PayloadVersion(c), b[1], want)
+		}
+		if want == 1 {
+			continue
+		}
+		// The same payload under an older version header is malformed.
+		old := append([]byte{b[0], want - 1}, b[2:]...)
+		var de *DecodeError
+		if _, err := Decode(old); !errors.As(err, &de) {
+			t.Fatalf("%s: version %d header over version %d fields: err = %v, want *DecodeError", name, want-1, want, err)
+		}
+		// A version this node does not know.
+		var uv *UnknownVersionError
+		if _, err := Decode(append([]byte{b[0], want + 1}, b[2:]...)); !errors.As(err, &uv) {
+			t.Fatalf("%s: version %d: err = %v, want *UnknownVersionError", name, want+1, err)
+		}
+	}
+	// A newer version's header over a payload without its fields decodes,
+	// and is written back at the older version.
+	old, err := Encode(samples()["export-job-created"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Decode(append([]byte{old[0], 2}, old[2:]...))
+	if err != nil {
+		t.Fatalf("version 2 header over a version 1 payload: %v", err)
+	}
+	again, err := Encode(c)
+	if err != nil || string(again) != string(old) {
+		t.Fatalf("re-encoded as %q, %v; want %q", again, err, old)
+	}
+	// Fields one at a time: each alone makes the payload version 2.
+	one := map[string]Command{
+		"share":           &ExportJobCreated{Share: "s"},
+		"package":         &ExportJobCreated{Package: "p"},
+		"ova":             &ExportJobCreated{OVA: true},
+		"volumes":         &ExportJobCreated{Volumes: []string{"v"}},
+		"window":          &ExportJobCreated{Window: &Window{}},
+		"bandwidth":       &ExportJobCreated{BandwidthBytes: 1},
+		"import share":    &ImportJobCreated{Share: "s"},
+		"import path":     &ImportJobCreated{Path: "p.ovf"},
+		"readdress":       &ImportJobCreated{Readdress: &Readdress{}},
+		"rate":            &JobProgress{Rate: 1},
+		"file":            &JobProgress{File: "f"},
+		"reason":          &JobStateChanged{Reason: "r"},
+		"vm":              &JobStateChanged{VMID: "v"},
+		"empty volumes":   &ExportJobCreated{Volumes: []string{}},
+		"nothing new":     &ExportJobCreated{},
+		"nothing new too": &JobStateChanged{},
+	}
+	for name, c := range one {
+		want := uint8(2)
+		if strings.HasPrefix(name, "nothing") || name == "empty volumes" {
+			want = 1
+		}
+		if got := PayloadVersion(c); got != want {
+			t.Fatalf("%s: PayloadVersion = %d, want %d", name, got, want)
+		}
+	}
+	if PayloadVersion(&NodeRemoved{ID: "n"}) != 1 {
+		t.Fatal("a command without versions is not at version 1")
 	}
 }

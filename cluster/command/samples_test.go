@@ -1,6 +1,7 @@
 package command
 
 import (
+	"encoding/hex"
 	"strings"
 	"time"
 )
@@ -10,7 +11,19 @@ var (
 	sampleSum  = strings.Repeat("ab", 32)
 	sampleSum2 = strings.Repeat("0f", 32)
 	yes        = true
+	// sampleSealed is "secret" sealed for share "nas" with the cluster key
+	// of 32 bytes 0x42, whose id is sampleKeyID (cluster/pki's known answer).
+	sampleSealed = mustHex("f7314aaa2d8a0cfbf2007febbb18f119beefac8a5ce764db156e32edf64c4c7823df")
+	sampleKeyID  = "a584ae36"
 )
+
+func mustHex(s string) Sealed {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
 
 // samples returns one fully populated, valid command per name. Each is
 // pinned by testdata/<name>.bin; every command type must appear at least
@@ -109,5 +122,51 @@ func samples() map[string]Command {
 		"job-state-changed": &JobStateChanged{
 			ID: "job-1", State: JobFailed, Error: "share went away: connection reset", At: sampleTime.Add(time.Hour),
 		},
+		// Payload version 2 of the job commands: every new field set.
+		"export-job-created-share": &ExportJobCreated{
+			ID: "job-3", SnapshotID: "snap-1", Node: "node-b",
+			Share: "nas", Target: "exports/web", Format: ExportQCOW2,
+			Package: "web-2026-11-21", OVA: true, Volumes: []string{"vol-1", "vol-2"},
+			Window:         &Window{Spec: "22:00-04:00", Days: "mon-fri", Location: "Europe/Berlin"},
+			BandwidthBytes: 50 << 20,
+			Creator:        "admin", CreatedAt: sampleTime,
+		},
+		"import-job-created-share": &ImportJobCreated{
+			ID: "job-4", Node: "node-a", Share: "nas", Path: "imports/web/web-2026-11-21.ova",
+			VMName: "web restored", NewMACs: true,
+			Readdress: &Readdress{Path: "/usr/local/sbin/readdress", Args: []string{"--ip", "10.0.0.50/24", "--gateway", "10.0.0.1"}},
+			Creator:   "admin", CreatedAt: sampleTime,
+		},
+		"job-progress-rate": &JobProgress{
+			ID: "job-3", Offset: 2 << 30, Bytes: 2 << 30, TotalBytes: 9 << 30,
+			Rate: 48 << 20, File: "web-2026-11-21.ova", At: sampleTime.Add(2 * time.Minute),
+		},
+		"job-state-changed-paused": &JobStateChanged{
+			ID: "job-3", State: JobPaused, Reason: "window closed, reopens at 2026-11-23T22:00:00+01:00", At: sampleTime.Add(5 * time.Hour),
+		},
+		"job-state-changed-done-vm": &JobStateChanged{
+			ID: "job-4", State: JobDone, VMID: "vm-7", At: sampleTime.Add(6 * time.Hour),
+		},
+		"job-assigned": &JobAssigned{
+			ID: "job-3", Node: "node-a", Reason: "node node-b lost", At: sampleTime.Add(7 * time.Hour),
+		},
+		"share-added": &ShareAdded{
+			Name: "nas", URL: "smb://files.example:445/exports", User: "backup", Domain: "EXAMPLE",
+			Password: sampleSealed, KeyID: sampleKeyID, CreatedAt: sampleTime,
+		},
+		"share-added-file": &ShareAdded{
+			Name: "local", URL: "file:///srv/exports", CreatedAt: sampleTime,
+		},
+		"share-removed": &ShareRemoved{Name: "nas", At: sampleTime.Add(8 * time.Hour)},
 	}
+}
+
+// newFieldSamples are the samples that set fields of a later payload
+// version; every other sample is written at version 1.
+var newFieldSamples = map[string]uint8{
+	"export-job-created-share":  2,
+	"import-job-created-share":  2,
+	"job-progress-rate":         2,
+	"job-state-changed-paused":  2,
+	"job-state-changed-done-vm": 2,
 }

@@ -59,6 +59,12 @@ const (
 	TypeJobProgress Type = 19
 	// TypeJobStateChanged moves a job to another state (JobStateChanged).
 	TypeJobStateChanged Type = 20
+	// TypeShareAdded records a share exports and imports use (ShareAdded).
+	TypeShareAdded Type = 21
+	// TypeShareRemoved forgets a share (ShareRemoved).
+	TypeShareRemoved Type = 22
+	// TypeJobAssigned moves an unfinished job to another data node (JobAssigned).
+	TypeJobAssigned Type = 23
 )
 
 // Number returns the command number: the type without the IgnoreUnknown bit.

@@ -44,6 +44,32 @@ const (
 	MaxURLLen = 2048
 	// MaxLostNodes is the most nodes a DiscardIncomplete may declare lost.
 	MaxLostNodes = 8
+	// MaxFileNameLen is the longest element of a path within a share, in bytes.
+	MaxFileNameLen = 255
+	// MaxPackageNameLen is the longest export package base name, in bytes:
+	// room is left for the suffixes of the package's files.
+	MaxPackageNameLen = 200
+	// MaxUserLen is the longest share user name, in bytes.
+	MaxUserLen = 256
+	// MaxDomainLen is the longest share domain (workgroup), in bytes.
+	MaxDomainLen = 256
+	// MaxSealedLen is the largest sealed secret, in bytes.
+	MaxSealedLen = 4096
+	// MinSealedLen is the smallest sealed secret: a 12-byte nonce and a
+	// 16-byte authentication tag around an empty secret.
+	MinSealedLen = 28
+	// MaxWindowSpecLen is the longest maintenance window span ("22:00-04:00").
+	MaxWindowSpecLen = 32
+	// MaxWindowDaysLen is the longest list of window days ("mon-fri,sun").
+	MaxWindowDaysLen = 64
+	// MaxLocationLen is the longest IANA time zone name.
+	MaxLocationLen = 64
+	// MaxGuestPathLen is the longest path of a program in a guest.
+	MaxGuestPathLen = 1024
+	// MaxGuestArgs is the most arguments a guest program is given.
+	MaxGuestArgs = 64
+	// MaxGuestArgLen is the longest argument of a guest program, in bytes.
+	MaxGuestArgLen = 1024
 )
 
 // ValidationError is what Validate returns: the offending field and why.
@@ -253,6 +279,173 @@ func checkTime(field string, t time.Time) error {
 func checkTerm(field string, v uint64) error {
 	if v == 0 {
 		return invalid(field, "required (Raft terms start at 1)")
+	}
+	return nil
+}
+
+// checkLine accepts optional single-line text of at most max bytes: valid
+// UTF-8 without any control character.
+func checkLine(field, v string, max int) error {
+	if len(v) > max {
+		return invalid(field, "longer than %d bytes", max)
+	}
+	if !utf8.ValidString(v) {
+		return invalid(field, "not valid UTF-8")
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return invalid(field, "holds control character %U", r)
+		}
+	}
+	return nil
+}
+
+// invisible are format characters that make a name look like another
+// (bidirectional overrides and isolates, zero-width characters, the byte
+// order mark). The list is fixed so that validation does not change with
+// the Unicode tables of the Go release a node was built with.
+const invisible = "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
+
+// fileNameProblem returns why v is not a safe element of a path within a
+// share, or "" when it is one. The rules follow the export package's
+// CheckName (a name that means the same file on Linux, on an SMB share and
+// in a tar archive), with fixed character lists instead of Unicode
+// classes; the export package checks its own rules again when it runs.
+func fileNameProblem(v string) string {
+	switch {
+	case v == "":
+		return "empty"
+	case len(v) > MaxFileNameLen:
+		return fmt.Sprintf("longer than %d bytes", MaxFileNameLen)
+	case !utf8.ValidString(v):
+		return "not valid UTF-8"
+	case v == "." || v == "..":
+		return "not a file name"
+	case strings.Contains(v, ".."):
+		return `holds ".."`
+	case strings.ContainsAny(v, `/\`):
+		return "holds a path separator"
+	case strings.ContainsAny(v, `:<>"|?*`):
+		return `holds one of : < > " | ? *, which SMB reserves`
+	case strings.ContainsAny(v, invisible):
+		return "holds an invisible format character"
+	case v[0] == ' ':
+		return "starts with a space"
+	case strings.HasSuffix(v, " ") || strings.HasSuffix(v, "."):
+		return "ends with a space or a dot, which SMB drops"
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return fmt.Sprintf("holds control character %U", r)
+		}
+	}
+	return ""
+}
+
+// checkFileName accepts one safe path element of at most max bytes.
+func checkFileName(field, v string, max int) error {
+	if len(v) > max {
+		return invalid(field, "longer than %d bytes", max)
+	}
+	if p := fileNameProblem(v); p != "" {
+		return invalid(field, "%q is not a safe file name: %s", v, p)
+	}
+	return nil
+}
+
+// checkRelPath accepts a path within a share: safe elements (see
+// checkFileName) separated by single slashes, without a leading or
+// trailing slash, at most MaxPathLen bytes. The empty path (the share's
+// top) is accepted only when optional.
+func checkRelPath(field, v string, optional bool) error {
+	if v == "" {
+		if optional {
+			return nil
+		}
+		return invalid(field, "required")
+	}
+	if len(v) > MaxPathLen {
+		return invalid(field, "longer than %d bytes", MaxPathLen)
+	}
+	if strings.HasPrefix(v, "/") {
+		return invalid(field, "%q is absolute; give a path within the share", v)
+	}
+	for elem := range strings.SplitSeq(v, "/") {
+		if p := fileNameProblem(elem); p != "" {
+			return invalid(field, "%q: element %q: %s", v, elem, p)
+		}
+	}
+	return nil
+}
+
+// checkShareURL accepts the location of a share, smb://host[:port]/share[/dir...]
+// or file:///abs/dir, and returns its scheme. Credentials, queries and
+// fragments are refused: a share's user name, domain and sealed password
+// have fields of their own.
+func checkShareURL(field, v string) (string, error) {
+	if v == "" {
+		return "", invalid(field, "required")
+	}
+	if err := checkLine(field, v, MaxURLLen); err != nil {
+		return "", err
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return "", invalid(field, "not a URL: %v", err)
+	}
+	switch {
+	case u.Scheme != "smb" && u.Scheme != "file":
+		return "", invalid(field, "scheme %q is not smb or file", u.Scheme)
+	case u.Opaque != "":
+		return "", invalid(field, "%q is not scheme://host/path", v)
+	case u.User != nil:
+		return "", invalid(field, "holds user information; user, domain and password have fields of their own")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(v, "#"):
+		return "", invalid(field, "holds a query or a fragment")
+	case strings.Contains(strings.ToLower(v), "%2f") || strings.Contains(strings.ToLower(v), "%5c"):
+		return "", invalid(field, "%q escapes a path separator", v)
+	}
+	if u.Scheme == "file" {
+		if u.Host != "" {
+			return "", invalid(field, "file URLs name a local directory: file:///dir")
+		}
+		if !path.IsAbs(u.Path) || path.Clean(u.Path) != u.Path {
+			return "", invalid(field, "path %q is not absolute and clean", u.Path)
+		}
+		return u.Scheme, nil
+	}
+	host := u.Hostname()
+	if host == "" {
+		return "", invalid(field, "no host")
+	}
+	for _, r := range host {
+		if r <= ' ' || r > '~' || strings.ContainsRune(`/\%@`, r) {
+			return "", invalid(field, "host %q holds %q", host, r)
+		}
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return "", invalid(field, "port %q is not 1-65535", p)
+		}
+	}
+	if !strings.HasPrefix(u.Path, "/") || len(u.Path) < 2 {
+		return "", invalid(field, "no share: smb://host/share[/dir...]")
+	}
+	if err := checkRelPath(field, strings.TrimSuffix(u.Path[1:], "/"), false); err != nil {
+		return "", err
+	}
+	return u.Scheme, nil
+}
+
+// checkChars accepts 0 to max bytes, each in allowed.
+func checkChars(field, v string, max int, allowed string) error {
+	if len(v) > max {
+		return invalid(field, "longer than %d bytes", max)
+	}
+	for i := 0; i < len(v); i++ {
+		if !strings.ContainsRune(allowed, rune(v[i])) {
+			return invalid(field, "%q holds %q; allowed are %s", v, v[i], allowed)
+		}
 	}
 	return nil
 }

@@ -157,6 +157,104 @@ func TestValidateRefuses(t *testing.T) {
 		"state unknown":         {"job-state-changed", "state", func(c Command) { c.(*JobStateChanged).State = "exploded" }},
 		"state failed no error": {"job-state-changed", "error", func(c Command) { c.(*JobStateChanged).Error = "" }},
 		"state done with error": {"job-state-changed", "error", func(c Command) { c.(*JobStateChanged).State = JobDone }},
+		// jobs, payload version 2
+		"export share id":            {"export-job-created-share", "share", func(c Command) { c.(*ExportJobCreated).Share = "a/b" }},
+		"export share target abs":    {"export-job-created-share", "target", func(c Command) { c.(*ExportJobCreated).Target = "/exports" }},
+		"export share target dotdot": {"export-job-created-share", "target", func(c Command) { c.(*ExportJobCreated).Target = "a/../b" }},
+		"export share target url":    {"export-job-created-share", "target", func(c Command) { c.(*ExportJobCreated).Target = "smb://h/s" }},
+		"export share target empty elem": {"export-job-created-share", "target", func(c Command) {
+			c.(*ExportJobCreated).Target = "a//b"
+		}},
+		"export share target trailing": {"export-job-created-share", "target", func(c Command) { c.(*ExportJobCreated).Target = "a/" }},
+		"export share target bidi":     {"export-job-created-share", "target", func(c Command) { c.(*ExportJobCreated).Target = "a\u202eb" }},
+		"export package slash":         {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = "a/b" }},
+		"export package dot end":       {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = "web." }},
+		"export package dotdot":        {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = ".." }},
+		"export package colon":         {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = "C:web" }},
+		"export package star":          {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = "web*" }},
+		"export package newline":       {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = "a\nb" }},
+		"export package space":         {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = " web" }},
+		"export package long":          {"export-job-created-share", "package", func(c Command) { c.(*ExportJobCreated).Package = strings.Repeat("p", MaxPackageNameLen+1) }},
+		"export volumes dup":           {"export-job-created-share", "volumes[1]", func(c Command) { c.(*ExportJobCreated).Volumes[1] = "vol-1" }},
+		"export volumes bad":           {"export-job-created-share", "volumes[0]", func(c Command) { c.(*ExportJobCreated).Volumes[0] = "" }},
+		"export volumes many": {"export-job-created-share", "volumes", func(c Command) {
+			c.(*ExportJobCreated).Volumes = make([]string, MaxVolumes+1)
+		}},
+		"export window spec":      {"export-job-created-share", "window.spec", func(c Command) { c.(*ExportJobCreated).Window.Spec = "" }},
+		"export window spec char": {"export-job-created-share", "window.spec", func(c Command) { c.(*ExportJobCreated).Window.Spec = "22h-4h" }},
+		"export window spec long": {"export-job-created-share", "window.spec", func(c Command) { c.(*ExportJobCreated).Window.Spec = strings.Repeat("1", 40) }},
+		"export window days":      {"export-job-created-share", "window.days", func(c Command) { c.(*ExportJobCreated).Window.Days = "mon;fri" }},
+		"export window location":  {"export-job-created-share", "window.location", func(c Command) { c.(*ExportJobCreated).Window.Location = "../../etc/passwd" }},
+		"export window abs zone":  {"export-job-created-share", "window.location", func(c Command) { c.(*ExportJobCreated).Window.Location = "/etc/localtime" }},
+		"export bandwidth":        {"export-job-created-share", "bandwidth_bytes", func(c Command) { c.(*ExportJobCreated).BandwidthBytes = -1 }},
+		"import share id":         {"import-job-created-share", "share", func(c Command) { c.(*ImportJobCreated).Share = "-x" }},
+		"import share and source": {"import-job-created-share", "source", func(c Command) { c.(*ImportJobCreated).Source = "file:///x.ovf" }},
+		"import share no path":    {"import-job-created-share", "path", func(c Command) { c.(*ImportJobCreated).Path = "" }},
+		"import path abs":         {"import-job-created-share", "path", func(c Command) { c.(*ImportJobCreated).Path = "/x/web.ovf" }},
+		"import path dotdot":      {"import-job-created-share", "path", func(c Command) { c.(*ImportJobCreated).Path = "../web.ovf" }},
+		"import path not ovf":     {"import-job-created-share", "path", func(c Command) { c.(*ImportJobCreated).Path = "web.vmdk" }},
+		"import path short":       {"import-job-created-share", "path", func(c Command) { c.(*ImportJobCreated).Path = "ova" }},
+		"import path no share":    {"import-job-created", "path", func(c Command) { c.(*ImportJobCreated).Path = "web.ovf" }},
+		"import no source":        {"import-job-created", "source", func(c Command) { c.(*ImportJobCreated).Source = "" }},
+		"readdress no path":       {"import-job-created-share", "readdress.path", func(c Command) { c.(*ImportJobCreated).Readdress.Path = "" }},
+		"readdress relative":      {"import-job-created-share", "readdress.path", func(c Command) { c.(*ImportJobCreated).Readdress.Path = "readdress.sh" }},
+		"readdress ctrl":          {"import-job-created-share", "readdress.path", func(c Command) { c.(*ImportJobCreated).Readdress.Path = "/bin/x\n" }},
+		"readdress long":          {"import-job-created-share", "readdress.path", func(c Command) { c.(*ImportJobCreated).Readdress.Path = "/" + strings.Repeat("x", MaxGuestPathLen) }},
+		"readdress arg ctrl":      {"import-job-created-share", "readdress.args[1]", func(c Command) { c.(*ImportJobCreated).Readdress.Args[1] = "a\x00b" }},
+		"readdress arg long":      {"import-job-created-share", "readdress.args[0]", func(c Command) { c.(*ImportJobCreated).Readdress.Args[0] = strings.Repeat("a", MaxGuestArgLen+1) }},
+		"readdress many args": {"import-job-created-share", "readdress.args", func(c Command) {
+			c.(*ImportJobCreated).Readdress.Args = make([]string, MaxGuestArgs+1)
+		}},
+		"progress rate":        {"job-progress-rate", "rate", func(c Command) { c.(*JobProgress).Rate = -1 }},
+		"progress file abs":    {"job-progress-rate", "file", func(c Command) { c.(*JobProgress).File = "/etc/shadow" }},
+		"progress file dotdot": {"job-progress-rate", "file", func(c Command) { c.(*JobProgress).File = "../x" }},
+		"state reason failed": {"job-state-changed", "reason", func(c Command) {
+			c.(*JobStateChanged).Reason = "why"
+		}},
+		"state reason ctrl":    {"job-state-changed-paused", "reason", func(c Command) { c.(*JobStateChanged).Reason = "a\x1bb" }},
+		"state reason long":    {"job-state-changed-paused", "reason", func(c Command) { c.(*JobStateChanged).Reason = strings.Repeat("r", MaxDescriptionLen+1) }},
+		"state vm not done":    {"job-state-changed-paused", "vm_id", func(c Command) { c.(*JobStateChanged).VMID = "vm-1" }},
+		"state vm bad":         {"job-state-changed-done-vm", "vm_id", func(c Command) { c.(*JobStateChanged).VMID = "vm 1" }},
+		"assigned id":          {"job-assigned", "id", func(c Command) { c.(*JobAssigned).ID = "" }},
+		"assigned node":        {"job-assigned", "node", func(c Command) { c.(*JobAssigned).Node = "a b" }},
+		"assigned no reason":   {"job-assigned", "reason", func(c Command) { c.(*JobAssigned).Reason = "" }},
+		"assigned reason ctrl": {"job-assigned", "reason", func(c Command) { c.(*JobAssigned).Reason = "\x07" }},
+		"assigned time":        {"job-assigned", "at", func(c Command) { c.(*JobAssigned).At = time.Time{} }},
+		// shares
+		"share name":             {"share-added", "name", func(c Command) { c.(*ShareAdded).Name = "" }},
+		"share name chars":       {"share-added", "name", func(c Command) { c.(*ShareAdded).Name = "my share" }},
+		"share url missing":      {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "" }},
+		"share url scheme":       {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "nfs://h/s" }},
+		"share url user":         {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://backup@h/s" }},
+		"share url password":     {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://backup:pw@h/s" }},
+		"share url no share":     {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h" }},
+		"share url slash only":   {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h/" }},
+		"share url no host":      {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb:///s" }},
+		"share url port 0":       {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h:0/s" }},
+		"share url port big":     {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h:65536/s" }},
+		"share url query":        {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h/s?sec=ntlm" }},
+		"share url fragment":     {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h/s#x" }},
+		"share url dotdot":       {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h/s/../t" }},
+		"share url escaped":      {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h/s%2Ft" }},
+		"share url opaque":       {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb:h/s" }},
+		"share url ctrl":         {"share-added", "url", func(c Command) { c.(*ShareAdded).URL = "smb://h/s\x00" }},
+		"share file host":        {"share-added-file", "url", func(c Command) { c.(*ShareAdded).URL = "file://nas/srv" }},
+		"share file relative":    {"share-added-file", "url", func(c Command) { c.(*ShareAdded).URL = "file:///srv/../etc" }},
+		"share file user":        {"share-added-file", "user", func(c Command) { c.(*ShareAdded).User = "root" }},
+		"share file password":    {"share-added-file", "user", func(c Command) { c.(*ShareAdded).Password = sampleSealed }},
+		"share user long":        {"share-added", "user", func(c Command) { c.(*ShareAdded).User = strings.Repeat("u", MaxUserLen+1) }},
+		"share user ctrl":        {"share-added", "user", func(c Command) { c.(*ShareAdded).User = "a\tb" }},
+		"share domain ctrl":      {"share-added", "domain", func(c Command) { c.(*ShareAdded).Domain = "a\nb" }},
+		"share domain no user":   {"share-added", "domain", func(c Command) { c.(*ShareAdded).User, c.(*ShareAdded).Password = "", nil }},
+		"share password short":   {"share-added", "password", func(c Command) { c.(*ShareAdded).Password = make(Sealed, MinSealedLen-1) }},
+		"share password long":    {"share-added", "password", func(c Command) { c.(*ShareAdded).Password = make(Sealed, MaxSealedLen+1) }},
+		"share password user":    {"share-added", "password", func(c Command) { c.(*ShareAdded).User, c.(*ShareAdded).Domain = "", "" }},
+		"share key id missing":   {"share-added", "key_id", func(c Command) { c.(*ShareAdded).KeyID = "" }},
+		"share key id chars":     {"share-added", "key_id", func(c Command) { c.(*ShareAdded).KeyID = "a/b" }},
+		"share key id no secret": {"share-added", "key_id", func(c Command) { c.(*ShareAdded).Password = nil }},
+		"share created":          {"share-added", "created_at", func(c Command) { c.(*ShareAdded).CreatedAt = time.Time{} }},
+		"share removed name":     {"share-removed", "name", func(c Command) { c.(*ShareRemoved).Name = "" }},
+		"share removed at":       {"share-removed", "at", func(c Command) { c.(*ShareRemoved).At = time.Time{} }},
 	}
 	covered := map[Type]bool{}
 	for name, m := range cases {
@@ -181,6 +279,46 @@ func TestValidateRefuses(t *testing.T) {
 	for _, typ := range Types() {
 		if !covered[typ] {
 			t.Fatalf("no bad-input case for %s", typ)
+		}
+	}
+}
+
+// TestValidateAccepts changes one thing in a valid sample to another valid
+// form and expects Validate to accept it.
+func TestValidateAccepts(t *testing.T) {
+	cases := map[string]struct {
+		sample string
+		mutate func(Command)
+	}{
+		"smb ipv6 host":        {"share-added", func(c Command) { c.(*ShareAdded).URL = "smb://[fd00::5]:445/exports/a b" }},
+		"smb escaped space":    {"share-added", func(c Command) { c.(*ShareAdded).URL = "smb://nas/My%20Share/dir" }},
+		"smb trailing slash":   {"share-added", func(c Command) { c.(*ShareAdded).URL = "smb://nas/exports/" }},
+		"smb guest":            {"share-added", func(c Command) { s := c.(*ShareAdded); s.User, s.Domain, s.Password, s.KeyID = "", "", nil, "" }},
+		"smb user no password": {"share-added", func(c Command) { s := c.(*ShareAdded); s.Password, s.KeyID = nil, "" }},
+		"smb unicode share":    {"share-added", func(c Command) { c.(*ShareAdded).URL = "smb://nas/Sicherungen/Übung" }},
+		"file root":            {"share-added-file", func(c Command) { c.(*ShareAdded).URL = "file:///" }},
+		"max sealed":           {"share-added", func(c Command) { c.(*ShareAdded).Password = make(Sealed, MaxSealedLen) }},
+		"share top":            {"export-job-created-share", func(c Command) { c.(*ExportJobCreated).Target = "" }},
+		"no window days":       {"export-job-created-share", func(c Command) { c.(*ExportJobCreated).Window = &Window{Spec: "00:00-24:00"} }},
+		"window seconds":       {"export-job-created-share", func(c Command) { c.(*ExportJobCreated).Window.Spec = "22:00:30-04:00:00" }},
+		"window zone":          {"export-job-created-share", func(c Command) { c.(*ExportJobCreated).Window.Location = "America/Argentina/Buenos_Aires" }},
+		"window zone offset":   {"export-job-created-share", func(c Command) { c.(*ExportJobCreated).Window.Location = "Etc/GMT+5" }},
+		"no package":           {"export-job-created-share", func(c Command) { c.(*ExportJobCreated).Package = "" }},
+		"package unicode":      {"export-job-created-share", func(c Command) { c.(*ExportJobCreated).Package = "Webserver (Übung) 2026-11-21" }},
+		"target url":           {"export-job-created-share", func(c Command) { e := c.(*ExportJobCreated); e.Share, e.Target = "", "file:///srv/exports" }},
+		"import ovf upper":     {"import-job-created-share", func(c Command) { c.(*ImportJobCreated).Path = "WEB.OVF" }},
+		"readdress windows":    {"import-job-created-share", func(c Command) { c.(*ImportJobCreated).Readdress.Path = `C:\Tools\readdress.exe` }},
+		"readdress no args":    {"import-job-created-share", func(c Command) { c.(*ImportJobCreated).Readdress.Args = nil }},
+		"progress no file":     {"job-progress-rate", func(c Command) { c.(*JobProgress).File = "" }},
+		"progress file in dir": {"job-progress-rate", func(c Command) { c.(*JobProgress).File = "web/web-disk1.vmdk" }},
+		"running with reason":  {"job-state-changed-paused", func(c Command) { c.(*JobStateChanged).State = JobRunning }},
+		"done without vm":      {"job-state-changed-done-vm", func(c Command) { c.(*JobStateChanged).VMID = "" }},
+	}
+	for name, m := range cases {
+		c := samples()[m.sample]
+		m.mutate(c)
+		if err := c.Validate(); err != nil {
+			t.Fatalf("%s: Validate = %v", name, err)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/twinsnap/twinsnap/cluster/command"
 )
@@ -91,8 +92,30 @@ func TestResultAndErrorCodes(t *testing.T) {
 }
 
 // scenario applies a varied log: every command type, refusals, fencing,
-// deletes and reclaims.
+// deletes and reclaims, shares, and jobs using every field of payload
+// version 2.
 func scenario(h *harness) {
+	scenarioV1(h)
+	h.ok(shareAdded("nas"))
+	h.ok(&command.ShareAdded{Name: "local", URL: "file:///srv/exports", CreatedAt: t0})
+	h.ok(&command.ShareAdded{Name: "gone", URL: "smb://nas/old", CreatedAt: t0})
+	h.ok(&command.ShareRemoved{Name: "gone", At: t0})
+	h.ok(exportShareJob("j3", "s2", "node-a", "nas"))
+	h.ok(jobState("j3", command.JobRunning, ""))
+	h.ok(progressRate("j3", gib, 40*mib, "web.ova"))
+	h.ok(&command.JobAssigned{ID: "j3", Node: "node-b", Reason: "node node-a lost", At: t0.Add(time.Hour)})
+	h.ok(importShareJob("j4", "node-b", "nas", "web copy"))
+	h.ok(jobState("j4", command.JobRunning, ""))
+	h.ok(progressRate("j4", 2*gib, 90*mib, "web/web-disk1.vmdk"))
+	h.ok(importShareJob("j5", "node-a", "local", "restored"))
+	h.ok(jobState("j5", command.JobRunning, ""))
+	h.ok(&command.JobStateChanged{ID: "j5", State: command.JobDone, VMID: "vm-9", At: t0.Add(2 * time.Hour)})
+	h.apply(&command.ShareRemoved{Name: "nas", At: t0}) // refused: in use
+}
+
+// scenarioV1 is what scenario applied before checkpoint format version 2:
+// its checkpoint is testdata/checkpoint-v1.bin.
+func scenarioV1(h *harness) {
 	h.cluster()
 	h.addVM("vm-2", "node-b", "vol-7")
 	h.ok(&command.SettingsSet{Values: map[string]string{"retention.max": "5"}})
@@ -237,6 +260,9 @@ func TestInvalidCommandsRefused(t *testing.T) {
 		&command.ImportJobCreated{ID: "j", Node: "node-a", Source: "http://nas/x.ovf", VMName: "x", Creator: "a", CreatedAt: t0},
 		&command.JobProgress{ID: "j", Offset: 5, Bytes: 5, TotalBytes: 4, At: t0},
 		&command.JobStateChanged{ID: "j", State: command.JobQueued, At: t0},
+		&command.ShareAdded{Name: "nas", URL: "smb://nas/exports", User: "u", Password: make(command.Sealed, 10), KeyID: "k", CreatedAt: t0},
+		&command.ShareRemoved{Name: "", At: t0},
+		&command.JobAssigned{ID: "j", Node: "node-b", At: t0},
 	}
 	covered := map[command.Type]bool{}
 	for _, cmd := range invalid {

@@ -19,16 +19,25 @@ import (
 //	         n bytes body: 1 byte kind, then the record as JSON
 //	         4 bytes CRC-32C (Castagnoli) of the body
 //	...      records in kind order (meta, settings, nodes, VMs, containers,
-//	         snapshots, jobs), each kind in ascending key order
+//	         snapshots, jobs, shares), each kind in ascending key order
 //	trailer  a record of kind end whose JSON holds the record count
 //
 // The order makes the stream canonical: two states that are equal write the
 // same bytes, so Digest is a SHA-256 over it. Restore reads it record by
 // record through a small buffer, checks every rule above, and replaces the
 // state only after the trailer.
+//
+// Format versions: version 2 added share records and the job fields of
+// payload version 2 of the job commands (see Job). WriteTo writes the
+// lowest version that holds the state, so a cluster that uses none of them
+// keeps writing version 1, byte for byte as before, and an older node can
+// still restore it; one that does writes version 2, which older nodes
+// refuse with ErrCheckpointVersion. Restore reads both, and refuses share
+// records and the newer job fields in a version 1 stream.
 const (
-	// CheckpointVersion is the format version WriteTo writes and Restore reads.
-	CheckpointVersion = 1
+	// CheckpointVersion is the newest format version: Restore reads it and
+	// every older one, and WriteTo writes it when the state needs it.
+	CheckpointVersion = 2
 	// MaxRecordSize bounds one record's body; Restore refuses larger ones
 	// before allocating for them.
 	MaxRecordSize = 1 << 20
@@ -48,6 +57,7 @@ const (
 	kindContainer byte = 5
 	kindSnapshot  byte = 6
 	kindJob       byte = 7
+	kindShare     byte = 8 // format version 2
 	kindEnd       byte = 0xff
 )
 
@@ -77,6 +87,7 @@ type Checkpoint struct {
 	containers *table[Container]
 	snapshots  *table[Snapshot]
 	jobs       *table[Job]
+	shares     *table[Share]
 }
 
 // Checkpoint returns a point-in-time view of the state.
@@ -92,7 +103,21 @@ func (s *State) Checkpoint() *Checkpoint {
 		containers: d.containers.freeze(),
 		snapshots:  d.snapshots.freeze(),
 		jobs:       d.jobs.freeze(),
+		shares:     d.shares.freeze(),
 	}
+}
+
+// version returns the lowest format version that holds the checkpoint.
+func (cp *Checkpoint) version() uint16 {
+	if cp.shares.n > 0 {
+		return 2
+	}
+	for _, j := range cp.jobs.sorted() {
+		if j.newFields() {
+			return 2
+		}
+	}
+	return 1
 }
 
 // Index returns the log index the checkpoint was taken at.
@@ -177,7 +202,7 @@ func (cp *Checkpoint) WriteTo(w io.Writer) (int64, error) {
 func (cp *Checkpoint) write(rw *recordWriter) error {
 	var hdr [headerSize]byte
 	copy(hdr[:], checkpointMagic)
-	binary.BigEndian.PutUint16(hdr[len(checkpointMagic):], CheckpointVersion)
+	binary.BigEndian.PutUint16(hdr[len(checkpointMagic):], cp.version())
 	if _, err := rw.bw.Write(hdr[:]); err != nil {
 		return err
 	}
@@ -200,6 +225,9 @@ func (cp *Checkpoint) write(rw *recordWriter) error {
 		return err
 	}
 	if err := writeTable(rw, kindJob, cp.jobs); err != nil {
+		return err
+	}
+	if err := writeTable(rw, kindShare, cp.shares); err != nil {
 		return err
 	}
 	return rw.write(kindEnd, checkpointEnd{Records: rw.count})
@@ -335,8 +363,9 @@ func readCheckpoint(r io.Reader) (*data, error) {
 	if string(hdr[:len(checkpointMagic)]) != checkpointMagic {
 		return nil, fmt.Errorf("%w: bad magic %q", ErrCheckpointCorrupt, hdr[:len(checkpointMagic)])
 	}
-	if v := binary.BigEndian.Uint16(hdr[len(checkpointMagic):]); v != CheckpointVersion {
-		return nil, fmt.Errorf("%w: version %d, this node reads %d", ErrCheckpointVersion, v, CheckpointVersion)
+	version := binary.BigEndian.Uint16(hdr[len(checkpointMagic):])
+	if version < 1 || version > CheckpointVersion {
+		return nil, fmt.Errorf("%w: version %d, this node reads 1 to %d", ErrCheckpointVersion, version, CheckpointVersion)
 	}
 
 	d := newData()
@@ -413,7 +442,16 @@ func readCheckpoint(r io.Reader) (*data, error) {
 				d.indexSnapshot(sn)
 			}
 		case kindJob:
-			_, err = readInto(rr, b, d.jobs, &lastKey, func(j *Job) string { return j.ID })
+			var j *Job
+			j, err = readInto(rr, b, d.jobs, &lastKey, func(j *Job) string { return j.ID })
+			if err == nil && version < 2 && j.newFields() {
+				return nil, rr.corrupt("job %q has fields of format version 2 in a version %d stream", j.ID, version)
+			}
+		case kindShare:
+			if version < 2 {
+				return nil, rr.corrupt("share record in a version %d stream", version)
+			}
+			_, err = readInto(rr, b, d.shares, &lastKey, func(sh *Share) string { return sh.Name })
 		default:
 			return nil, rr.corrupt("unknown kind %d", kind)
 		}

@@ -19,7 +19,7 @@ import (
 	"github.com/twinsnap/twinsnap/cluster/command"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/checkpoint-v1.bin (a deliberate format change)")
+var update = flag.Bool("update", false, "rewrite testdata/checkpoint-v*.bin (a deliberate format change)")
 
 func checkpointBytes(t testing.TB, st *State) []byte {
 	t.Helper()
@@ -61,8 +61,21 @@ func TestCheckpointRoundTripPerRecordType(t *testing.T) {
 			t.Fatalf("fixture has no %s snapshot", want)
 		}
 	}
-	if len(h.st.Settings().Values) == 0 || h.st.FenceTerm() == 0 || len(h.st.Jobs(JobFilter{})) < 2 {
-		t.Fatalf("fixture lacks settings values, a fence term or jobs")
+	if len(h.st.Settings().Values) == 0 || h.st.FenceTerm() == 0 || len(h.st.Jobs(JobFilter{})) < 2 || len(h.st.Shares()) < 2 {
+		t.Fatalf("fixture lacks settings values, a fence term, jobs or shares")
+	}
+	// Every job field of format version 2 is set in some job of the fixture.
+	jobs := h.st.Jobs(JobFilter{})
+	jt := reflect.TypeFor[Job]()
+	first, _ := jt.FieldByName("Share")
+	for i := first.Index[0]; i < jt.NumField(); i++ {
+		set := false
+		for _, j := range jobs {
+			set = set || !reflect.ValueOf(j).Field(i).IsZero()
+		}
+		if !set {
+			t.Fatalf("no job of the fixture sets Job.%s", jt.Field(i).Name)
+		}
 	}
 
 	kinds := map[string]func(*State) any{
@@ -76,6 +89,7 @@ func TestCheckpointRoundTripPerRecordType(t *testing.T) {
 		"containers": func(s *State) any { return s.Containers(ContainerFilter{}) },
 		"snapshots":  func(s *State) any { return s.Snapshots(SnapshotFilter{}) },
 		"jobs":       func(s *State) any { return s.Jobs(JobFilter{}) },
+		"shares":     func(s *State) any { return s.Shares() },
 		"snapshots of vm-1": func(s *State) any {
 			return s.Snapshots(SnapshotFilter{VMID: "vm-1", States: []SnapshotState{Partial, Complete, Deleting}})
 		},
@@ -98,28 +112,41 @@ func TestCheckpointRoundTripPerRecordType(t *testing.T) {
 	h2.refused(c, ErrInUse)
 }
 
+// TestCheckpointGolden pins each format version: the state of scenarioV1,
+// which uses nothing of version 2, is written as version 1 with the bytes
+// of testdata/checkpoint-v1.bin (what nodes of earlier releases wrote and
+// read), and the state of scenario as version 2.
 func TestCheckpointGolden(t *testing.T) {
-	h := newHarness(t)
-	scenario(h)
-	got := checkpointBytes(t, h.st)
-	path := filepath.Join("testdata", "checkpoint-v1.bin")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
+	for version, build := range map[uint16]func(*harness){1: scenarioV1, 2: scenario} {
+		h := newHarness(t)
+		build(h)
+		got := checkpointBytes(t, h.st)
+		if v := binary.BigEndian.Uint16(got[len(checkpointMagic):]); v != version {
+			t.Fatalf("scenario for version %d wrote version %d", version, v)
 		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
+		path := filepath.Join("testdata", fmt.Sprintf("checkpoint-v%d.bin", version))
+		if *update {
+			if err := os.MkdirAll("testdata", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(path, got, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -run CheckpointGolden -update)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("checkpoint encoding changed; bump CheckpointVersion and keep reading version 1 (%d vs %d bytes)", len(got), len(want))
-	}
-	if restored(t, want).Digest() != h.st.Digest() {
-		t.Fatalf("golden checkpoint restores to another state")
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("%v (run go test -run CheckpointGolden -update)", err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("version %d: checkpoint encoding changed; bump CheckpointVersion and keep reading version %d (%d vs %d bytes)", version, version, len(got), len(want))
+		}
+		st := restored(t, want)
+		if st.Digest() != h.st.Digest() {
+			t.Fatalf("golden checkpoint version %d restores to another state", version)
+		}
+		if !bytes.Equal(checkpointBytes(t, st), want) {
+			t.Fatalf("golden checkpoint version %d does not write back the same bytes", version)
+		}
 	}
 }
 
@@ -192,16 +219,29 @@ func TestCheckpointBadStructureRefused(t *testing.T) {
 		return frame(kindNode, `{"id":"`+id+`","role":"data","raft_address":"a:1","api_address":"a:2","data_address":"a:3","updated_index":1}`)
 	}
 	end := func(n int) []byte { return frame(kindEnd, fmt.Sprintf(`{"records":%d}`, n)) }
+	share := func(name string) []byte {
+		return frame(kindShare, `{"name":"`+name+`","url":"file:///srv/`+name+`","created_at":"2026-01-01T00:00:00Z","created_index":1}`)
+	}
 	good := stream(1, meta, settings, node("a"), node("b"), end(4))
 	if st := restored(t, good); len(st.Nodes()) != 2 {
 		t.Fatalf("hand-built checkpoint restored %d nodes", len(st.Nodes()))
+	}
+	good2 := stream(2, meta, settings, node("a"), share("a"), share("b"), end(5))
+	if st := restored(t, good2); len(st.Shares()) != 2 || len(st.Nodes()) != 1 {
+		t.Fatalf("hand-built version 2 checkpoint restored %d shares", len(st.Shares()))
 	}
 	cases := map[string]struct {
 		b    []byte
 		want error
 	}{
 		"bad magic":        {append([]byte("XXXXXXXX"), good[8:]...), ErrCheckpointCorrupt},
-		"version 2":        {stream(2, meta, settings, end(2)), ErrCheckpointVersion},
+		"version 3":        {stream(3, meta, settings, end(2)), ErrCheckpointVersion},
+		"version 0":        {stream(0, meta, settings, end(2)), ErrCheckpointVersion},
+		"share in v1":      {stream(1, meta, settings, share("a"), end(3)), ErrCheckpointCorrupt},
+		"v2 job in v1":     {stream(1, meta, settings, frame(kindJob, `{"id":"j","kind":"export","state":"queued","node":"a","creator":"x","created_at":"2026-01-01T00:00:00Z","offset":0,"bytes":0,"updated_at":"2026-01-01T00:00:00Z","updated_index":1,"share":"s"}`), end(3)), ErrCheckpointCorrupt},
+		"shares unsorted":  {stream(2, meta, settings, share("b"), share("a"), end(4)), ErrCheckpointCorrupt},
+		"share, no name":   {stream(2, meta, settings, frame(kindShare, `{"url":"file:///x"}`), end(3)), ErrCheckpointCorrupt},
+		"share before job": {stream(2, meta, settings, share("a"), frame(kindJob, `{"id":"j","kind":"export","state":"queued","node":"a","creator":"x","created_at":"2026-01-01T00:00:00Z","offset":0,"bytes":0,"updated_at":"2026-01-01T00:00:00Z","updated_index":1}`), end(4)), ErrCheckpointCorrupt},
 		"empty":            {nil, ErrCheckpointTruncated},
 		"header only":      {header(1), ErrCheckpointTruncated},
 		"no trailer":       {stream(1, meta, settings, node("a")), ErrCheckpointTruncated},

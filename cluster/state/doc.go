@@ -1,6 +1,6 @@
 // Package state holds the deterministic replicated state of a twinsnap
 // cluster: nodes, VMs, volumes, volume containers, snapshots, replicas,
-// export and import jobs and settings. It applies commands from
+// export and import jobs, the shares they use, and settings. It applies commands from
 // cluster/command, answers queries, and writes and restores state
 // checkpoints (Raft FSM snapshots) record by record.
 //
@@ -16,7 +16,22 @@
 // ErrChecksumMismatch, ErrLimit) come back in Result.Err and change
 // nothing; ErrorCode and ErrorForCode carry them across forwarded writes.
 // Queries (Node, Nodes, VM, VMs, Container, Containers, Snapshot,
-// Snapshots, Job, Jobs, Settings, AppliedIndex, FenceTerm) return copies.
+// Snapshots, Job, Jobs, Share, Shares, Settings, AppliedIndex, FenceTerm)
+// return copies.
+//
+// # Jobs and shares
+//
+// A share (share-added) holds its password only as sealed bytes
+// (command.Sealed, sealed with the cluster key by the proposer); the state
+// machine stores and replicates them and never opens them. share-added
+// refuses a name in use (ErrExists); share-removed refuses an unknown
+// share (ErrNotFound) and one an unfinished job uses (ErrInUse). An export
+// needs a partial or complete snapshot, a verified replica of it on the
+// job's data node, known volumes and a known share; an import a VM name
+// not in use and a known share. Jobs move queued → running ⇄ paused →
+// done, failed or cancelled; job-assigned moves an unfinished job to
+// another data node (for an export, one with a verified replica), pausing
+// a running one so that the new node resumes it from its last offset.
 //
 // # Determinism
 //
@@ -68,8 +83,11 @@
 // CRC-32C-checked JSON record per object in canonical order and a trailer;
 // Digest is the SHA-256 of that stream. Restore reads through a 64 KiB
 // buffer with records capped at MaxRecordSize, checks framing, order,
-// uniqueness and the trailer, and swaps the state in only at the end. The
-// golden file testdata/checkpoint-v1.bin pins format version 1.
+// uniqueness and the trailer, and swaps the state in only at the end.
+// WriteTo writes the lowest format version that holds the state (version
+// 2 added shares and the newer job fields); Restore reads versions 1 and
+// 2. The golden files testdata/checkpoint-v1.bin and checkpoint-v2.bin pin
+// both.
 //
 // # Adding a command
 //

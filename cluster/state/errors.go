@@ -23,7 +23,7 @@ var (
 	// data node is needed, a consistency below the required one).
 	ErrInvalid = errors.New("invalid command")
 	// ErrInUse: the record is still needed by others (a node hosting VMs, a
-	// VM with snapshots, a snapshot being exported).
+	// VM with snapshots, a snapshot being exported, a share a job uses).
 	ErrInUse = errors.New("in use")
 	// ErrChecksumMismatch: a replica's sizes or SHA-256 differ from the capture's.
 	ErrChecksumMismatch = errors.New("replica checksum mismatch")

@@ -15,8 +15,10 @@ import (
 // of cluster/command to a small cluster.
 func seedCheckpoints(f *testing.F) [][]byte {
 	var seeds [][]byte
-	if b, err := os.ReadFile(filepath.Join("testdata", "checkpoint-v1.bin")); err == nil {
-		seeds = append(seeds, b)
+	for _, v := range []string{"v1", "v2"} {
+		if b, err := os.ReadFile(filepath.Join("testdata", "checkpoint-"+v+".bin")); err == nil {
+			seeds = append(seeds, b)
+		}
 	}
 	h := newHarness(f)
 	h.cluster()

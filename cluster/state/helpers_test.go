@@ -32,7 +32,7 @@ func raw(t testing.TB, cmd command.Command) []byte {
 	if err != nil {
 		t.Fatalf("marshal %T: %v", cmd, err)
 	}
-	return append([]byte{byte(cmd.Type()), 1}, b...)
+	return append([]byte{byte(cmd.Type()), command.PayloadVersion(cmd)}, b...)
 }
 
 // harness applies commands to a State at increasing log indexes.

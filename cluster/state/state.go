@@ -37,6 +37,7 @@ type data struct {
 	containers *table[Container]
 	snapshots  *table[Snapshot]
 	jobs       *table[Job]
+	shares     *table[Share]
 
 	// Derived, rebuilt by Restore, never written to checkpoints.
 	snapsByVM map[string]map[string]struct{} // VM id -> snapshot ids
@@ -51,6 +52,7 @@ func newData() *data {
 		containers: newTable[Container](smallTableShards),
 		snapshots:  newTable[Snapshot](snapshotTableShards),
 		jobs:       newTable[Job](jobTableShards),
+		shares:     newTable[Share](smallTableShards),
 		snapsByVM:  map[string]map[string]struct{}{},
 		snapNames:  map[string]map[string]string{},
 	}
