@@ -24,15 +24,15 @@ func (e *Engine) reclaim(ctx context.Context, rec Record, snaps []Record) error 
 	for _, v := range rec.Volumes {
 		path := e.ImagePath(rec.ID, v.VolumeID)
 		removePartial(path)
-		if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
-			e.addProgress(rec.ID, 1)
-			continue
-		}
-		if _, err := e.cfg.Store.Get(v.VolumeID); err != nil {
-			return fmt.Errorf("volume %s: %w", v.VolumeID, err)
-		}
-		if err := e.cfg.Store.RemoveFromChain(ctx, v.VolumeID, path); err != nil && !errors.Is(err, volumes.ErrNotFound) {
-			return fmt.Errorf("volume %s: %w", v.VolumeID, err)
+		// An image already gone was merged by an earlier attempt whose
+		// proposal did not go through: its children are reported again.
+		if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+			if _, err := e.cfg.Store.Get(v.VolumeID); err != nil {
+				return fmt.Errorf("volume %s: %w", v.VolumeID, err)
+			}
+			if err := e.cfg.Store.RemoveFromChain(ctx, v.VolumeID, path); err != nil && !errors.Is(err, volumes.ErrNotFound) {
+				return fmt.Errorf("volume %s: %w", v.VolumeID, err)
+			}
 		}
 		// Children of this image on this node now hold its data.
 		for _, child := range snaps {
