@@ -252,6 +252,10 @@ func parseDomainXML(s string) (*xnode, error) {
 			}
 			n := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
+			if qname(t.Name) != n.name {
+				// RawToken leaves matching the tags to us.
+				return nil, fmt.Errorf("%w: domain XML: <%s> closed by </%s>", ErrBadConfig, n.name, qname(t.Name))
+			}
 			n.endStart, n.end = off0, off1
 			if n.selfClosing {
 				n.endStart = off1
@@ -372,12 +376,27 @@ func (c *domainCloner) setAttr(n *xnode, name, value string) {
 	c.edits = append(c.edits, xedit{n.start, n.startEnd, c.startTag(n, map[string]string{name: value}, n.selfClosing)})
 }
 
-// remove deletes an element, with the indentation before it.
+// indent returns the whitespace between the start of n's line and n, and
+// where the line starts (after its newline), or "" and -1 when something
+// else precedes n on its line (looking back no further than 256 bytes).
+func (c *domainCloner) indent(n *xnode) (string, int) {
+	lo := max(n.start-256, 0)
+	line := strings.LastIndexByte(c.src[lo:n.start], '\n')
+	if line < 0 {
+		return "", -1
+	}
+	ws := c.src[lo+line+1 : n.start]
+	if strings.TrimLeft(ws, " \t") != "" {
+		return "", -1
+	}
+	return ws, lo + line + 1
+}
+
+// remove deletes an element, with its line's indentation and newline.
 func (c *domainCloner) remove(n *xnode) {
 	start := n.start
-	line := strings.LastIndexByte(c.src[:start], '\n')
-	if line >= 0 && strings.TrimLeft(c.src[line+1:start], " \t") == "" {
-		start = line
+	if _, line := c.indent(n); line > 0 {
+		start = line - 1
 	}
 	c.edits = append(c.edits, xedit{start, n.end, ""})
 }
@@ -385,11 +404,7 @@ func (c *domainCloner) remove(n *xnode) {
 // insertAfter adds an element after n, on a line of its own with n's
 // indentation.
 func (c *domainCloner) insertAfter(n *xnode, name, text string) {
-	indent := ""
-	line := strings.LastIndexByte(c.src[:n.start], '\n')
-	if ws := c.src[line+1 : n.start]; strings.TrimLeft(ws, " \t") == "" {
-		indent = ws
-	}
+	indent, _ := c.indent(n)
 	var b strings.Builder
 	_ = xml.EscapeText(&b, []byte(text)) // a strings.Builder does not fail
 	c.edits = append(c.edits, xedit{n.end, n.end, "\n" + indent + "<" + name + ">" + b.String() + "</" + name + ">"})
@@ -579,7 +594,11 @@ func (c *domainCloner) macs(newMAC func(string) string) {
 // files.
 func (c *domainCloner) chardevs(oldName string, paths map[string]string) {
 	used := map[string]bool{}
-	for _, dev := range c.root.child("devices").kids {
+	devices := c.root.child("devices")
+	if devices == nil {
+		return
+	}
+	for _, dev := range devices.kids {
 		switch dev.name {
 		case "serial", "console", "parallel", "channel":
 		default:

@@ -325,9 +325,24 @@ type pathRef struct {
 // fdsetPrefix starts the paths of descriptors passed with -add-fd.
 const fdsetPrefix = "/dev/fdset/"
 
-// parseLaunch parses a command line. Only JSON that does not parse is an
-// error: the rest of what QEMU would refuse is left to QEMU.
+// Bounds of a command line read from a snapshot: Linux limits one
+// argument to 128 KiB and all of them to a quarter of the stack limit.
+const (
+	maxLaunchArg  = 128 << 10
+	maxLaunchArgs = 8 << 20
+)
+
+// parseLaunch parses a command line. Only JSON that does not parse and a
+// command line larger than Linux allows are errors: the rest of what QEMU
+// would refuse is left to QEMU.
 func parseLaunch(args []string) (*launchModel, error) {
+	total := 0
+	for _, a := range args {
+		total += len(a) + 1
+		if len(a) > maxLaunchArg || total > maxLaunchArgs {
+			return nil, fmt.Errorf("%w: command line larger than Linux allows", ErrBadConfig)
+		}
+	}
 	m := &launchModel{args: splitArgs(args), name: -1, uuid: -1}
 	m.vals = make([]optValue, len(m.args))
 	var (
@@ -698,16 +713,10 @@ func (m *launchModel) chardevPaths(chardevs map[string]int, qmpIDs, agentIDs, se
 		}
 	}
 	// Chardevs come from a map: keep the command line's order.
-	sortPathRefs(m.paths)
-}
-
-// sortPathRefs orders path references by option, then key.
-func sortPathRefs(p []pathRef) {
-	for i := 1; i < len(p); i++ {
-		for j := i; j > 0 && (p[j].arg < p[j-1].arg || p[j].arg == p[j-1].arg && p[j].key < p[j-1].key); j-- {
-			p[j], p[j-1] = p[j-1], p[j]
-		}
-	}
+	sort.SliceStable(m.paths, func(i, j int) bool {
+		a, b := m.paths[i], m.paths[j]
+		return a.arg < b.arg || a.arg == b.arg && a.key < b.key
+	})
 }
 
 // info summarises the model.

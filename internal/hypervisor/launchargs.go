@@ -139,6 +139,18 @@ const (
 // flag.
 type kvList struct {
 	parts []kvPart
+	pos   map[string][]int // key -> indexes of its parts; built on demand
+}
+
+// positions returns the index of parts by key.
+func (l *kvList) positions() map[string][]int {
+	if l.pos == nil {
+		l.pos = make(map[string][]int, len(l.parts))
+		for i, p := range l.parts {
+			l.pos[p.key] = append(l.pos[p.key], i)
+		}
+	}
+	return l.pos
 }
 
 var _ optValue = (*kvList)(nil)
@@ -189,39 +201,44 @@ func kvValue(s string, i int) (string, int) {
 
 // get implements optValue. A flag reads as "on" ("off" for noKEY).
 func (l *kvList) get(key string) (string, bool) {
-	for i := len(l.parts) - 1; i >= 0; i-- {
-		p := l.parts[i]
-		switch {
-		case p.form != kvFlag && p.key == key:
-			return p.val, true
-		case p.form == kvFlag && p.key == key:
-			return "on", true
-		case p.form == kvFlag && p.key == "no"+key:
-			return "off", true
+	pos := l.positions()
+	last, lastNo := -1, -1
+	if ps := pos[key]; len(ps) > 0 {
+		last = ps[len(ps)-1]
+	}
+	for _, i := range pos["no"+key] {
+		if l.parts[i].form == kvFlag {
+			lastNo = i
 		}
 	}
-	return "", false
+	switch {
+	case lastNo > last:
+		return "off", true
+	case last < 0:
+		return "", false
+	case l.parts[last].form == kvFlag:
+		return "on", true
+	}
+	return l.parts[last].val, true
 }
 
 // set implements optValue.
 func (l *kvList) set(key, val string) bool {
-	found := false
-	for i := range l.parts {
+	ps := l.positions()[key]
+	for _, i := range ps {
 		p := &l.parts[i]
-		if p.key == key {
-			if p.form == kvFlag {
-				p.form = kvPair
-			}
-			p.val = val
-			found = true
+		if p.form == kvFlag {
+			p.form = kvPair
 		}
+		p.val = val
 	}
-	return found
+	return len(ps) > 0
 }
 
 // add appends key=val.
 func (l *kvList) add(key, val string) {
 	l.parts = append(l.parts, kvPart{key: key, val: val, form: kvPair})
+	l.pos = nil
 }
 
 // del removes every occurrence of key.
@@ -233,6 +250,7 @@ func (l *kvList) del(key string) {
 		}
 	}
 	l.parts = kept
+	l.pos = nil
 }
 
 // each implements optValue; flags are left out.
@@ -288,8 +306,13 @@ type jsonMember struct {
 	val *jsonNode
 }
 
-// jsonValue is a JSON option value ('-blockdev {"driver":...}').
-type jsonValue struct{ root *jsonNode }
+// jsonValue is a JSON option value ('-blockdev {"driver":...}'), with its
+// scalars indexed by dotted path (the tree never changes shape; set only
+// changes strings).
+type jsonValue struct {
+	root  *jsonNode
+	index map[string][]*jsonNode
+}
 
 var _ optValue = jsonValue{}
 
@@ -308,7 +331,9 @@ func parseJSONValue(s string) (jsonValue, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return jsonValue{}, errors.New("trailing data after the JSON object")
 	}
-	return jsonValue{root: root}, nil
+	v := jsonValue{root: root, index: map[string][]*jsonNode{}}
+	root.walk("", func(path string, leaf *jsonNode) { v.index[path] = append(v.index[path], leaf) })
+	return v, nil
 }
 
 // parseJSONNode reads one value from dec.
@@ -405,25 +430,21 @@ func (n *jsonNode) text() string {
 
 // get implements optValue: scalars only; true and false read as written.
 func (v jsonValue) get(key string) (string, bool) {
-	var out string
-	found := false
-	v.root.walk("", func(path string, leaf *jsonNode) {
-		if path == key {
-			out, found = leaf.text(), true
-		}
-	})
-	return out, found
+	if ns := v.index[key]; len(ns) > 0 {
+		return ns[len(ns)-1].text(), true
+	}
+	return "", false
 }
 
 // set implements optValue: it sets string members only.
 func (v jsonValue) set(key, val string) bool {
 	found := false
-	v.root.walk("", func(path string, leaf *jsonNode) {
-		if path == key && leaf.kind == 's' {
-			leaf.str = val
+	for _, n := range v.index[key] {
+		if n.kind == 's' {
+			n.str = val
 			found = true
 		}
-	})
+	}
 	return found
 }
 
