@@ -55,6 +55,14 @@ func (d *Daemon) routes() http.Handler {
 		{"GET /v1/snapshots/{id}/config", admin, d.getSnapshotConfig},
 		{"POST /v1/snapshots/{id}/create-vm", adminOrNode, d.postCreateVM},
 		{"GET /v1/volume-containers", admin, d.getContainers},
+		{"GET /v1/shares", admin, d.getShares},
+		{"POST /v1/shares", admin, d.postShare},
+		{"DELETE /v1/shares/{name}", admin, d.deleteShare},
+		{"POST /v1/snapshots/{id}/export", admin, d.postExport},
+		{"POST /v1/imports", admin, d.postImport},
+		{"GET /v1/jobs", admin, d.getJobs},
+		{"GET /v1/jobs/{id}", admin, d.getJob},
+		{"POST /v1/jobs/{id}/cancel", admin, d.postJobCancel},
 		{"POST /v1/volume-containers/{volume}/expand", admin, d.postContainerExpand},
 	} {
 		mux.Handle(rt.pattern, d.guard(rt))

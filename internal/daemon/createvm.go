@@ -94,12 +94,9 @@ func (d *Daemon) createVM(ctx context.Context, sn state.Snapshot, req api.Create
 	if sn.Captured == nil {
 		return nil, apiError(api.CodeConflict, fmt.Sprintf("snapshot %s holds no VM configuration to start a VM from", sn.ID))
 	}
-	dir := filepath.Join(d.cfg.vmsDir(), req.Name)
-	if err := os.MkdirAll(d.cfg.vmsDir(), 0o750); err != nil {
+	dir, err := d.newVMDir(req.Name)
+	if err != nil {
 		return nil, err
-	}
-	if err := os.Mkdir(dir, 0o750); err != nil {
-		return nil, apiError(api.CodeConflict, fmt.Sprintf("the new VM's directory: %v", err))
 	}
 	ok := false
 	defer func() {
@@ -109,8 +106,7 @@ func (d *Daemon) createVM(ctx context.Context, sn state.Snapshot, req api.Create
 	}()
 	// The images: a standalone copy of each captured volume; a blank
 	// volume of the same size for a volume the snapshot left out.
-	res := &api.CreateVMResult{Snapshot: sn.ID, Images: map[string]string{}}
-	newPath := map[string]string{} // volume id → new image
+	images := map[string]string{} // volume id → new image
 	for _, v := range sn.Config.Volumes {
 		dst := filepath.Join(dir, v.Name+".qcow2")
 		var args []string
@@ -122,8 +118,7 @@ func (d *Daemon) createVM(ctx context.Context, sn state.Snapshot, req api.Create
 		if out, err := exec.CommandContext(ctx, "qemu-img", args...).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("the image of volume %s: %w: %s", v.Name, err, strings.TrimSpace(string(out)))
 		}
-		newPath[v.ID] = dst
-		res.Images[v.Name] = dst
+		images[v.ID] = dst
 	}
 	vars := ""
 	if sn.Captured.UEFIVars != nil {
@@ -132,13 +127,75 @@ func (d *Daemon) createVM(ctx context.Context, sn state.Snapshot, req api.Create
 			return nil, fmt.Errorf("the UEFI variables: %w", err)
 		}
 	}
-	res.UUID = hypervisor.NewUUID()
-	start2 := req.Start == nil || *req.Start
+	res, err := d.startCopy(ctx, vmCopy{
+		Name: req.Name, Dir: dir, Source: sn.Config, Config: *sn.Captured, Images: images, UEFIVars: vars,
+		Start: req.Start == nil || *req.Start, Register: req.Register == nil || *req.Register,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	res.Snapshot = sn.ID
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// newVMDir makes the directory of a new VM's files.
+func (d *Daemon) newVMDir(name string) (string, error) {
+	dir := filepath.Join(d.cfg.vmsDir(), name)
+	if err := os.MkdirAll(d.cfg.vmsDir(), 0o750); err != nil {
+		return "", err
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil {
+		return "", apiError(api.CodeConflict, fmt.Sprintf("the new VM's directory: %v", err))
+	}
+	return dir, nil
+}
+
+// vmCopy is a new VM made from a captured configuration: a snapshot's, or
+// an imported package's.
+type vmCopy struct {
+	// Name is the new VM's name; Dir holds its files.
+	Name, Dir string
+	// Source is the VM the configuration belongs to (its volumes, driver
+	// and libvirt connection).
+	Source command.VM
+	// Config is the captured configuration.
+	Config command.CapturedConfig
+	// Images maps Source's volume ids to the new VM's images.
+	Images map[string]string
+	// UEFIVars is the new VM's copy of the UEFI variables, or "".
+	UEFIVars string
+	// KeepMACs keeps the configuration's MAC addresses.
+	KeepMACs bool
+	// Start and Register: boot it (and wait for its agent), register it.
+	Start, Register bool
+}
+
+// startCopy writes the new VM's configuration (new name, UUID and MACs,
+// its own images, UEFI variables, sockets and logs), starts it, waits for
+// its agent, and registers it with containers of its own.
+func (d *Daemon) startCopy(ctx context.Context, vc vmCopy) (*api.CreateVMResult, error) {
+	res := &api.CreateVMResult{Images: map[string]string{}, UUID: hypervisor.NewUUID()}
+	for _, v := range vc.Source.Volumes {
+		if p, ok := vc.Images[v.ID]; ok {
+			res.Images[v.Name] = p
+		}
+	}
+	mac := func(old string) string {
+		m := old
+		if !vc.KeepMACs {
+			m = hypervisor.RandomMAC()
+		}
+		res.MACs = append(res.MACs, m)
+		return m
+	}
 	var reg api.VMRegisterRequest
-	switch sn.Captured.Kind {
+	var undo func()
+	switch vc.Config.Kind {
 	case command.ConfigQEMULaunch:
-		var spec hypervisor.LaunchSpec
-		if err := json.Unmarshal([]byte(sn.Captured.Text), &spec); err != nil {
+		spec, err := parseLaunchSpec(vc.Config.Text)
+		if err != nil {
 			return nil, fmt.Errorf("the captured launch spec: %w", err)
 		}
 		info, err := spec.Info()
@@ -150,74 +207,73 @@ func (d *Daemon) createVM(ctx context.Context, sn state.Snapshot, req api.Create
 			if ld.Media == "cdrom" || ld.Backing {
 				continue
 			}
-			for _, v := range sn.Config.Volumes {
+			for _, v := range vc.Source.Volumes {
 				if (v.Serial != "" && ld.Serial == v.Serial) || (v.Path != "" && ld.Path == v.Path) {
-					disks[ld.Path] = newPath[v.ID]
+					if p, ok := vc.Images[v.ID]; ok {
+						disks[ld.Path] = p
+					}
 				}
 			}
 		}
-		sock := socketDir(dir, res.UUID)
+		sock := socketDir(vc.Dir, res.UUID)
 		if err := os.MkdirAll(sock, 0o750); err != nil {
 			return nil, err
 		}
-		var macs []string
 		clone, err := spec.Clone(hypervisor.CloneOptions{
-			Name: req.Name, UUID: res.UUID, Disks: disks,
-			MAC:       func(string) string { m := hypervisor.RandomMAC(); macs = append(macs, m); return m },
+			Name: vc.Name, UUID: res.UUID, Disks: disks, MAC: mac,
 			QMPSocket: filepath.Join(sock, "qmp.sock"), AgentSocket: filepath.Join(sock, "qga.sock"),
-			SerialLog: filepath.Join(dir, "serial.log"), PIDFile: filepath.Join(dir, "qemu.pid"), UEFIVars: vars,
+			SerialLog: filepath.Join(vc.Dir, "serial.log"), PIDFile: filepath.Join(vc.Dir, "qemu.pid"), UEFIVars: vc.UEFIVars,
 		})
 		if err != nil {
 			return nil, apiError(api.CodeConflict, "cannot make the new VM's launch spec: "+err.Error())
 		}
-		res.MACs = macs
 		b, _ := json.MarshalIndent(clone, "", "  ")
-		if err := os.WriteFile(filepath.Join(dir, "launch.json"), b, 0o640); err != nil {
+		if err := os.WriteFile(filepath.Join(vc.Dir, "launch.json"), b, 0o640); err != nil {
 			return nil, err
 		}
-		reg = api.VMRegisterRequest{Name: req.Name, Driver: command.DriverQEMU, QEMU: &command.QEMUConnection{
+		reg = api.VMRegisterRequest{Name: vc.Name, Driver: command.DriverQEMU, QEMU: &command.QEMUConnection{
 			QMPSocket: filepath.Join(sock, "qmp.sock"), AgentSocket: filepath.Join(sock, "qga.sock"),
 		}}
-		if start2 {
+		if vc.Start {
 			sctx, cancel := context.WithTimeout(ctx, time.Minute)
-			_, err := hypervisor.StartQEMU(sctx, clone, filepath.Join(dir, "qemu.log"))
+			_, err := hypervisor.StartQEMU(sctx, clone, filepath.Join(vc.Dir, "qemu.log"))
 			cancel()
 			if err != nil {
 				return nil, fmt.Errorf("starting the new VM: %w", err)
 			}
 			res.Started = true
+			undo = func() { d.quitQEMU(reg.QEMU.QMPSocket) }
 		}
 	case command.ConfigLibvirtXML:
-		src := sn.Config.Libvirt
+		src := vc.Source.Libvirt
 		if src == nil {
-			return nil, apiError(api.CodeConflict, "the snapshot's VM was not a libvirt domain")
+			return nil, apiError(api.CodeConflict, "the VM was not a libvirt domain")
 		}
 		disks := map[string]string{}
-		for _, ld := range domainDisks(sn.Captured.Text) {
-			for _, v := range sn.Config.Volumes {
+		for _, ld := range domainDisks(vc.Config.Text) {
+			for _, v := range vc.Source.Volumes {
 				if (v.Serial != "" && ld.Serial == v.Serial) || (v.Path != "" && ld.Path == v.Path) || ld.Target == v.Name {
-					disks[ld.Path] = newPath[v.ID]
+					if p, ok := vc.Images[v.ID]; ok {
+						disks[ld.Path] = p
+					}
 				}
 			}
 		}
 		// Serial and channel files: the clone's own, in its directory.
 		paths := map[string]string{}
-		chars, err := hypervisor.DomainCharPaths(sn.Captured.Text)
+		chars, err := hypervisor.DomainCharPaths(vc.Config.Text)
 		if err != nil {
 			return nil, apiError(api.CodeConflict, "the captured domain XML: "+err.Error())
 		}
 		for i, p := range chars {
-			paths[p] = filepath.Join(dir, fmt.Sprintf("char%d-%s", i, filepath.Base(p)))
+			paths[p] = filepath.Join(vc.Dir, fmt.Sprintf("char%d-%s", i, filepath.Base(p)))
 		}
-		var macs []string
-		xml, err := hypervisor.CloneDomainXML(sn.Captured.Text, hypervisor.DomainCloneOptions{
-			Name: req.Name, UUID: res.UUID, Disks: disks, NVRAM: vars, Paths: paths,
-			MAC: func(string) string { m := hypervisor.RandomMAC(); macs = append(macs, m); return m },
+		xml, err := hypervisor.CloneDomainXML(vc.Config.Text, hypervisor.DomainCloneOptions{
+			Name: vc.Name, UUID: res.UUID, Disks: disks, NVRAM: vc.UEFIVars, Paths: paths, MAC: mac,
 		})
 		if err != nil {
 			return nil, apiError(api.CodeConflict, "cannot make the new VM's domain XML: "+err.Error())
 		}
-		res.MACs = macs
 		sock, err := libvirtSocket(src.URI)
 		if err != nil {
 			return nil, err
@@ -230,44 +286,67 @@ func (d *Daemon) createVM(ctx context.Context, sn state.Snapshot, req api.Create
 		if _, _, err := l.DefineDomain(ctx, xml); err != nil {
 			return nil, fmt.Errorf("defining the new domain: %w", err)
 		}
-		if start2 {
-			if err := l.StartDomain(ctx, req.Name); err != nil {
+		undo = func() {
+			uctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			_ = l.DestroyDomain(uctx, vc.Name)
+			_ = l.UndefineDomain(uctx, vc.Name, true)
+		}
+		if vc.Start {
+			if err := l.StartDomain(ctx, vc.Name); err != nil {
+				undo()
 				return nil, fmt.Errorf("starting the new domain: %w", err)
 			}
 			res.Started = true
 		}
-		reg = api.VMRegisterRequest{Name: req.Name, Driver: command.DriverLibvirt, Libvirt: &command.LibvirtConnection{URI: src.URI, Domain: req.Name}}
+		reg = api.VMRegisterRequest{Name: vc.Name, Driver: command.DriverLibvirt, Libvirt: &command.LibvirtConnection{URI: src.URI, Domain: vc.Name}}
 	default:
-		return nil, apiError(api.CodeConflict, fmt.Sprintf("unknown configuration kind %q", sn.Captured.Kind))
+		return nil, apiError(api.CodeConflict, fmt.Sprintf("unknown configuration kind %q", vc.Config.Kind))
+	}
+	fail := func(err error) (*api.CreateVMResult, error) {
+		if undo != nil {
+			undo()
+		}
+		return nil, err
 	}
 	if res.Started {
 		if err := waitAgent(ctx, reg); err != nil {
-			return nil, fmt.Errorf("the new VM started, but %w", err)
+			return fail(fmt.Errorf("the new VM started, but %w", err))
 		}
 		res.AgentReady = true
 	}
-	if (req.Register == nil || *req.Register) && res.Started {
-		reg.BootVolume = bootName(sn.Config)
-		reg.FreezeTimeoutMS = sn.Config.FreezeTimeout.Milliseconds()
+	if vc.Register && res.Started {
+		reg.BootVolume = bootName(vc.Source)
+		reg.FreezeTimeoutMS = vc.Source.FreezeTimeout.Milliseconds()
 		vm, err := d.inspectVM(ctx, reg)
 		if err != nil {
-			return nil, fmt.Errorf("registering the new VM: %w", err)
+			return fail(fmt.Errorf("registering the new VM: %w", err))
 		}
 		vm.ID = res.UUID
 		for i := range vm.Volumes {
 			vm.Volumes[i].ID = vm.ID[:8] + "-" + vm.Volumes[i].Name
 		}
 		if _, err := d.propose(ctx, &command.VMRegistered{VM: vm}); err != nil {
-			return nil, fmt.Errorf("registering the new VM: %w", err)
+			return fail(fmt.Errorf("registering the new VM: %w", err))
 		}
 		if err := d.createContainers(ctx, vm, 0); err != nil {
 			return nil, err
 		}
 		res.VM = vm
 	}
-	ok = true
-	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// quitQEMU stops a bare QEMU VM through its QMP socket, best effort.
+func (d *Daemon) quitQEMU(qmpSocket string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := hypervisor.OpenQEMU(ctx, "", qmpSocket, "")
+	if err != nil {
+		return
+	}
+	defer func() { _ = m.Close() }()
+	_ = m.Quit(ctx)
 }
 
 // bootName returns the name of a VM's boot volume.

@@ -40,6 +40,10 @@ type Daemon struct {
 	store  *volumes.Store
 	engine *snapshot.Engine
 	dataLn net.Listener
+	// clusterKey seals share passwords; nil when this node's TLS
+	// directory has none (share operations are then refused).
+	clusterKey *pki.ClusterKey
+	jobs       *jobRunner
 
 	done      chan struct{} // closed by Close
 	closeOnce sync.Once
@@ -148,8 +152,23 @@ func Start(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		<-d.done
 		cancel()
 	}()
+	if key, err := pki.LoadClusterKey(cfg.TLS.Dir); err == nil {
+		d.clusterKey = &key
+	} else {
+		d.log.Warn("no cluster key: shares with passwords cannot be added or used on this node", "err", err)
+	}
 	if err := d.startSnapshots(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.Role == command.RoleData {
+		d.jobs = &jobRunner{d: d, running: map[string]context.CancelFunc{}}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			if d.waitCaughtUp(ctx) {
+				d.jobs.run(ctx)
+			}
+		}()
 	}
 	d.wg.Add(2)
 	go func() {
