@@ -259,7 +259,11 @@ func TestVMDKReaderTruncated(t *testing.T) {
 	capacity, grains, _ := craftedGrains(t)
 	for _, l := range []layout{layoutFooter, layoutEmbedded, layoutRGD} {
 		b := craft(capacity, grains, l)
-		for cut := 0; cut < len(b); cut += 97 {
+		step := 97
+		if raceEnabled {
+			step = 397
+		}
+		for cut := 0; cut < len(b); cut += step {
 			_, err := readOnly(t, b[:cut], VMDKReaderOptions{})
 			if !errors.Is(err, ErrTruncated) {
 				t.Fatalf("layout %d cut at %d of %d: %v, want ErrTruncated", l, cut, len(b), err)
@@ -273,7 +277,11 @@ func TestVMDKReaderTruncated(t *testing.T) {
 // output does not depend on the number of workers.
 func TestVMDKRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	for i := range 25 {
+	cases := 25
+	if raceEnabled {
+		cases = 5
+	}
+	for i := range cases {
 		size := (1 + rng.Int64N(3<<20/sectorSize)) * sectorSize
 		m := randomSparse(rng, size, rng.IntN(8))
 		opts := VMDKOptions{Level: 1 + rng.IntN(9), ChunkSize: (1 + rng.IntN(64)) * 4096, Workers: 1 + rng.IntN(4)}
