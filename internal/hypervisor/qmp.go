@@ -413,7 +413,11 @@ func (c *QMPConn) write(ctx context.Context, name string, line []byte) error {
 	var ne net.Error
 	if ctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout()) {
 		if n == 0 {
-			return fmt.Errorf("%w: qmp %s: sending: %w", ErrTimeout, name, context.Cause(ctx))
+			cause := context.Cause(ctx)
+			if cause == nil {
+				cause = err // the deadline fired before ctx was marked done
+			}
+			return fmt.Errorf("%w: qmp %s: sending: %w", ErrTimeout, name, cause)
 		}
 		return fmt.Errorf("%w: qmp %s: sending: %w (the connection is closed)", ErrTimeout, name, ErrClosed)
 	}
