@@ -43,6 +43,8 @@ const (
 	MaxChunkSize = 16 << 20
 	// DefaultChunkSize is the data bytes a Sender puts in one message.
 	DefaultChunkSize = 4 << 20
+	// DefaultSyncEvery is the receiver's default Receiver.SyncEvery.
+	DefaultSyncEvery = 32 << 20
 	// maxIDLen bounds snapshot and volume ids on the wire.
 	maxIDLen = 128
 	// maxMessageLen bounds the text of a result message.
