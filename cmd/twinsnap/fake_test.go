@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"log"
 	"math/big"
@@ -249,12 +250,14 @@ func runCLI(t *testing.T, args ...string) result {
 func runCLIWith(t *testing.T, setup cliSetup, args ...string) result {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
+	stdin := strings.NewReader(setup.stdin)
 	env := &cliEnv{
-		stdin:           strings.NewReader(setup.stdin),
+		stdin:           stdin,
 		stdout:          &stdout,
 		stderr:          &stderr,
 		getenv:          func(k string) string { return setup.env[k] },
 		stdinIsTerminal: func() bool { return setup.terminal },
+		readPassword:    func(context.Context) ([]byte, error) { return readLine(stdin) },
 		stdoutTerminal:  func() (int, bool) { return setup.stdoutWidth, setup.stdoutWidth > 0 },
 		location:        testZone,
 		pollInterval:    testPoll,
@@ -273,4 +276,24 @@ func flagsFor(p *testPKI, servers ...string) []string {
 		args = append(args, "--server", s)
 	}
 	return args
+}
+
+// readLine reads one line from r, a byte at a time (so that a second
+// prompt finds the next line), without its line break: the tests'
+// stand-in for reading a password from a terminal without echo.
+func readLine(r io.Reader) ([]byte, error) {
+	var line []byte
+	b := make([]byte, 1)
+	for {
+		if _, err := r.Read(b); err != nil {
+			if errors.Is(err, io.EOF) && len(line) > 0 {
+				return line, nil
+			}
+			return line, err
+		}
+		if b[0] == '\n' {
+			return line, nil
+		}
+		line = append(line, b[0])
+	}
 }

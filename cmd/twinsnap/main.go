@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -43,6 +44,10 @@ type cliEnv struct {
 	getenv func(string) string
 	// stdinIsTerminal reports whether an operator can answer a prompt.
 	stdinIsTerminal func() bool
+	// readPassword reads one line from the terminal on stdin without
+	// echoing it, and restores the terminal when ctx ends first; nil
+	// when there is no terminal to read from.
+	readPassword func(ctx context.Context) ([]byte, error)
 	// stdoutTerminal reports whether stdout is a terminal (progress is
 	// redrawn in place there) and its width in columns, 0 when unknown.
 	stdoutTerminal func() (width int, ok bool)
@@ -85,6 +90,9 @@ func osEnv() *cliEnv {
 		stderr:          os.Stderr,
 		getenv:          os.Getenv,
 		stdinIsTerminal: func() bool { return term.IsTerminal(int(os.Stdin.Fd())) },
+		readPassword: func(ctx context.Context) ([]byte, error) {
+			return readPasswordNoEcho(ctx, int(os.Stdin.Fd()))
+		},
 		stdoutTerminal: func() (int, bool) {
 			fd := int(os.Stdout.Fd())
 			if !term.IsTerminal(fd) {
@@ -96,5 +104,32 @@ func osEnv() *cliEnv {
 			}
 			return w, true
 		},
+	}
+}
+
+// readPasswordNoEcho reads a line from the terminal fd with echo turned
+// off. term.ReadPassword cannot be cancelled: when ctx ends first (Ctrl-C)
+// the terminal's state is restored here, so that the shell does not get
+// it back without echo, and the read is left to the process's exit.
+func readPasswordNoEcho(ctx context.Context, fd int) ([]byte, error) {
+	state, err := term.GetState(fd)
+	if err != nil {
+		return nil, fmt.Errorf("reading the terminal's state: %w", err)
+	}
+	type answer struct {
+		line []byte
+		err  error
+	}
+	answers := make(chan answer, 1)
+	go func() {
+		line, err := term.ReadPassword(fd)
+		answers <- answer{line, err}
+	}()
+	select {
+	case a := <-answers:
+		return a.line, a.err
+	case <-ctx.Done():
+		_ = term.Restore(fd, state)
+		return nil, ctx.Err()
 	}
 }
