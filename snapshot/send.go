@@ -135,13 +135,22 @@ func (s *Sender) send(ctx context.Context, img Image, st *SendStats) error {
 		return err
 	}
 
+	// Each write and read sets its own deadline, which would replace the
+	// past one a cancellation set on conn: once ctx ended, they fail at
+	// once instead of waiting out the I/O timeout.
 	write := func(typ byte, parts ...[]byte) error {
 		conn.SetWriteDeadline(time.Now().Add(s.timeout()))
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		return wrap(writeFrame(conn, typ, parts...))
 	}
 	var rbuf []byte
 	read := func() (byte, []byte, error) {
 		conn.SetReadDeadline(time.Now().Add(s.timeout()))
+		if err := ctx.Err(); err != nil {
+			return 0, nil, err
+		}
 		typ, p, err := readFrame(conn, rbuf)
 		rbuf = p
 		return typ, p, wrap(err)
