@@ -31,16 +31,43 @@ type Window struct {
 	start, end int     // seconds after midnight; end is in (0, 86400]
 	days       [7]bool // by time.Weekday
 	loc        *time.Location
+	// more are further spans of the same days and location
+	// ("22:00-04:00,12:00-13:00"): the window is open while any is.
+	more []Window
 }
 
 // ParseWindow parses a window spec "HH:MM-HH:MM" or, with seconds,
 // "HH:MM:SS-HH:MM:SS" (hours 00-23; an end of "24:00" means midnight at
-// the end of the day), and a list of days: "" for every day, or
+// the end of the day), or several such spans separated by commas
+// ("22:00-04:00,12:00-13:00": open while any is), and a list of days: "" for every day, or
 // comma-separated three-letter names and ranges such as "mon,wed" or
 // "mon-fri" (a range may wrap: "fri-mon"). Names are case-insensitive; a
 // day may be named only once. The start and end must differ. Times are
 // read in loc, which must not be nil. Errors wrap ErrWindow.
 func ParseWindow(spec, days string, loc *time.Location) (Window, error) {
+	spans := strings.Split(spec, ",")
+	if len(spans) > maxSpans {
+		return Window{}, fmt.Errorf("%w: %q: at most %d spans", ErrWindow, spec, maxSpans)
+	}
+	w, err := parseSpan(spans[0], days, loc)
+	if err != nil {
+		return Window{}, err
+	}
+	for _, sp := range spans[1:] {
+		o, err := parseSpan(sp, days, loc)
+		if err != nil {
+			return Window{}, err
+		}
+		w.more = append(w.more, o)
+	}
+	return w, nil
+}
+
+// maxSpans bounds the spans of one window.
+const maxSpans = 8
+
+// parseSpan parses one span of a window spec.
+func parseSpan(spec, days string, loc *time.Location) (Window, error) {
 	var w Window
 	if loc == nil {
 		return w, fmt.Errorf("%w: no time zone given", ErrWindow)
@@ -163,7 +190,11 @@ func (w Window) Spec() string {
 		return ""
 	}
 	withSec := w.start%60 != 0 || w.end%60 != 0
-	return formatClock(w.start, withSec) + "-" + formatClock(w.end, withSec)
+	out := formatClock(w.start, withSec) + "-" + formatClock(w.end, withSec)
+	for _, o := range w.more {
+		out += "," + o.Spec()
+	}
+	return out
 }
 
 // Days returns the window's days as ParseWindow reads them: "" for every
@@ -226,8 +257,19 @@ func (w Window) Open(t time.Time) bool {
 	return ok
 }
 
-// containing returns the close of the span holding t.
+// containing returns the latest close of the spans holding t.
 func (w Window) containing(t time.Time) (time.Time, bool) {
+	closes, ok := w.containing1(t)
+	for _, o := range w.more {
+		if c, ook := o.containing1(t); ook && (!ok || c.After(closes)) {
+			closes, ok = c, true
+		}
+	}
+	return closes, ok
+}
+
+// containing1 returns the close of w's own span holding t.
+func (w Window) containing1(t time.Time) (time.Time, bool) {
 	if w.IsZero() {
 		return time.Time{}, false
 	}
@@ -252,6 +294,17 @@ func (w Window) NextOpen(t time.Time) time.Time {
 	if w.Open(t) {
 		return t
 	}
+	next := w.nextOpen1(t)
+	for _, o := range w.more {
+		if n := o.nextOpen1(t); !n.IsZero() && (next.IsZero() || n.Before(next)) {
+			next = n
+		}
+	}
+	return next
+}
+
+// nextOpen1 returns the instant w's own span next opens after t.
+func (w Window) nextOpen1(t time.Time) time.Time {
 	y, m, d := t.In(w.loc).Date()
 	for k := 0; k <= 8; k++ {
 		if open, _, ok := w.period(y, m, d+k); ok && open.After(t) {

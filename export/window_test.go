@@ -3,6 +3,7 @@ package export_test
 import (
 	"errors"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -192,7 +193,7 @@ func TestWindowStringRoundTrip(t *testing.T) {
 				tc.spec, tc.days, w.Spec(), w.Days(), w.String(), tc.wantSpec, tc.wantDays, tc.wantString)
 		}
 		again := mustWindow(t, w.Spec(), w.Days(), berlin)
-		if again != w {
+		if !reflect.DeepEqual(again, w) {
 			t.Errorf("re-parsing %q %q gives %s, want %s", w.Spec(), w.Days(), again, w)
 		}
 	}
@@ -239,5 +240,41 @@ func TestParseWindowErrors(t *testing.T) {
 		if !errors.Is(err, export.ErrWindow) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseWindow(%q, %q) = %v; want ErrWindow mentioning %q", tc.spec, tc.days, err, tc.want)
 		}
+	}
+}
+
+// TestWindowSpans: several spans make one window, open while any is.
+func TestWindowSpans(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := mustWindow(t, "22:00-04:00,12:00-13:00,12:30-14:00", "", berlin)
+	if got := w.Spec(); got != "22:00-04:00,12:00-13:00,12:30-14:00" {
+		t.Fatalf("Spec %q", got)
+	}
+	at := func(h, m int) time.Time { return time.Date(2026, 3, 10, h, m, 0, 0, berlin) }
+	for _, tc := range []struct {
+		t          time.Time
+		open       bool
+		next, ends time.Time
+	}{
+		{at(11, 0), false, at(12, 0), at(14, 0)}, // 12:00-13:00 and 12:30-14:00 overlap: one open time
+		{at(12, 45), true, at(12, 45), at(14, 0)},
+		{at(15, 0), false, at(22, 0), at(28, 0)},
+		{at(23, 0), true, at(23, 0), at(28, 0)},
+	} {
+		if got := w.Open(tc.t); got != tc.open {
+			t.Errorf("Open(%v) = %v, want %v", tc.t, got, tc.open)
+		}
+		if got := w.NextOpen(tc.t); !got.Equal(tc.next) {
+			t.Errorf("NextOpen(%v) = %v, want %v", tc.t, got, tc.next)
+		}
+		if got := w.Close(tc.t); !got.Equal(tc.ends) {
+			t.Errorf("Close(%v) = %v, want %v", tc.t, got, tc.ends)
+		}
+	}
+	if _, err := export.ParseWindow("01:00-02:00,bad", "", berlin); !errors.Is(err, export.ErrWindow) {
+		t.Fatalf("a bad second span: %v", err)
 	}
 }

@@ -89,7 +89,7 @@ func (w *Window) validate(field string) error {
 	if w.Spec == "" {
 		return invalid(field+".spec", "required")
 	}
-	if err := checkChars(field+".spec", w.Spec, MaxWindowSpecLen, "0123456789:-"); err != nil {
+	if err := checkChars(field+".spec", w.Spec, MaxWindowSpecLen, "0123456789:-,"); err != nil {
 		return err
 	}
 	if err := checkChars(field+".days", w.Days, MaxWindowDaysLen, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ,- "); err != nil {

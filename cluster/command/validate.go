@@ -58,8 +58,9 @@ const (
 	// MinSealedLen is the smallest sealed secret: a 12-byte nonce and a
 	// 16-byte authentication tag around an empty secret.
 	MinSealedLen = 28
-	// MaxWindowSpecLen is the longest maintenance window span ("22:00-04:00").
-	MaxWindowSpecLen = 32
+	// MaxWindowSpecLen is the longest maintenance window spec: up to
+	// eight comma-separated spans ("22:00-04:00,12:00-13:00").
+	MaxWindowSpecLen = 160
 	// MaxWindowDaysLen is the longest list of window days ("mon-fri,sun").
 	MaxWindowDaysLen = 64
 	// MaxLocationLen is the longest IANA time zone name.
