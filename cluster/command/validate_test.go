@@ -182,7 +182,7 @@ func TestValidateRefuses(t *testing.T) {
 		}},
 		"export window spec":      {"export-job-created-share", "window.spec", func(c Command) { c.(*ExportJobCreated).Window.Spec = "" }},
 		"export window spec char": {"export-job-created-share", "window.spec", func(c Command) { c.(*ExportJobCreated).Window.Spec = "22h-4h" }},
-		"export window spec long": {"export-job-created-share", "window.spec", func(c Command) { c.(*ExportJobCreated).Window.Spec = strings.Repeat("1", 40) }},
+		"export window spec long": {"export-job-created-share", "window.spec", func(c Command) { c.(*ExportJobCreated).Window.Spec = strings.Repeat("1", 161) }},
 		"export window days":      {"export-job-created-share", "window.days", func(c Command) { c.(*ExportJobCreated).Window.Days = "mon;fri" }},
 		"export window location":  {"export-job-created-share", "window.location", func(c Command) { c.(*ExportJobCreated).Window.Location = "../../etc/passwd" }},
 		"export window abs zone":  {"export-job-created-share", "window.location", func(c Command) { c.(*ExportJobCreated).Window.Location = "/etc/localtime" }},
