@@ -567,10 +567,10 @@ func (c *domainCloner) nvram(path string) {
 
 // macs gives every interface a new MAC address.
 func (c *domainCloner) macs(newMAC func(string) string) {
-	if newMAC == nil {
-		newMAC = func(string) string { return RandomMAC() }
-	}
 	seen := map[string]bool{}
+	if newMAC == nil {
+		newMAC = func(string) string { return uniqueMAC(seen) }
+	}
 	for _, iface := range c.root.child("devices").children("interface") {
 		mac := iface.child("mac")
 		old, ok := mac.attr("address")

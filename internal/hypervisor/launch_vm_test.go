@@ -138,7 +138,8 @@ func TestCloneQEMU(t *testing.T)     { testCloneQEMU(t, false) }
 func TestCloneQEMUUEFI(t *testing.T) { testCloneQEMU(t, true) }
 
 // testCloneQEMU reads a running test VM's launch spec through its QMP
-// socket while a client holds the monitor, copies its images (frozen
+// socket while a client holds the monitor (which goes on working, and
+// the next client gets it), copies its images (frozen
 // through the agent), starts a clone with a new name, UUID and MAC on the
 // copies, and checks from inside the clone's guest that it has them.
 func testCloneQEMU(t *testing.T, uefi bool) {
@@ -165,6 +166,16 @@ func testCloneQEMU(t *testing.T, uefi bool) {
 	if err := m.QMP().Execute(ctx, "query-name", nil, &name); err != nil || name.Name != vm.Name {
 		t.Fatalf("the held monitor after InspectQEMU: %v %q", err, name.Name)
 	}
+	// The probe left in QEMU's listen queue does not hold up the next
+	// client once the first one leaves.
+	_ = m.Close()
+	reopen, cancel := context.WithTimeout(ctx, 20*time.Second)
+	m, err = hypervisor.OpenQEMU(reopen, "", vm.QMPSocket, vm.AgentSocket, hypervisor.WithLogger(quiet))
+	cancel()
+	if err != nil {
+		t.Fatalf("OpenQEMU after InspectQEMU: %v", err)
+	}
+	defer closeQuietly(m)
 
 	info, err := spec.Info()
 	if err != nil {

@@ -220,10 +220,10 @@ func (c *cloner) disks(mapping map[string]string, vars string) {
 
 // macs gives every NIC a new address.
 func (c *cloner) macs(newMAC func(string) string) {
-	if newMAC == nil {
-		newMAC = func(string) string { return RandomMAC() }
-	}
 	seen := map[string]bool{}
+	if newMAC == nil {
+		newMAC = func(string) string { return uniqueMAC(seen) }
+	}
 	for _, r := range c.m.macs {
 		mac := newMAC(r.val)
 		if !validMAC(mac) {
@@ -291,6 +291,15 @@ func (c *cloner) chardevs(o CloneOptions) (addQMP bool) {
 		c.fail("a serial log is given but the VM logs no serial port to a file")
 	}
 	return addQMP
+}
+
+// uniqueMAC returns a RandomMAC that is not in seen.
+func uniqueMAC(seen map[string]bool) string {
+	for {
+		if m := RandomMAC(); !seen[m] {
+			return m
+		}
+	}
 }
 
 // sortedKeys returns m's keys in order.
