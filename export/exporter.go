@@ -79,10 +79,10 @@ type ExportSpec struct {
 	// Descriptor describes the VM. The caller fills it, except
 	// Disks[i].File, FileSize and PopulatedBytes, which Export fills, and
 	// the UEFI store's name and size in Twinsnap. Disks[i] describes
-	// Volumes[i]; when Disks is empty it is made from Volumes (virtio
-	// disks with ids "vol-<name>"). Empty Name, ID, Format,
-	// CapacityBytes, Controller and Serial fields of a disk are taken
-	// from its volume; fields that contradict it are refused.
+	// Volumes[i]; when Disks is empty it is made from Volumes. A disk's
+	// empty Name, Format, CapacityBytes, Serial and Boot are taken from
+	// its volume (values that contradict it are refused), an empty ID is
+	// "vol-<name>" and an empty Controller ControllerVirtio.
 	Descriptor Descriptor
 	// Volumes are the volumes to export, in the order of the disks.
 	Volumes []ExportVolume
@@ -327,9 +327,14 @@ func (x *exporter) check() error {
 			}
 			return nil
 		}
-		if err := errors.Join(fill("name", &k.Name, v.Name), fill("format", &k.Format, spec.Format),
-			fill("id", &k.ID, "vol-"+v.Name), fill("controller", &k.Controller, ControllerVirtio)); err != nil {
+		if err := errors.Join(fill("name", &k.Name, v.Name), fill("format", &k.Format, spec.Format)); err != nil {
 			return err
+		}
+		if k.ID == "" {
+			k.ID = "vol-" + v.Name
+		}
+		if k.Controller == "" {
+			k.Controller = ControllerVirtio
 		}
 		if v.Serial != "" {
 			if err := fill("serial", &k.Serial, v.Serial); err != nil {
