@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twinsnap/twinsnap/cluster/command"
@@ -125,6 +126,15 @@ func (jr *jobRunner) runJob(ctx context.Context, j state.Job) {
 		// Cancelled by an operator (the state says so already) or this
 		// daemon stops: the job resumes from its last progress.
 		log.Info("job stopped", "err", err)
+	case errors.Is(err, export.ErrTransient):
+		// The share is unreachable for longer than the retries last: the
+		// job stays running and starts again (resuming from its recorded
+		// offset) once the back-off below has passed.
+		log.Warn("job interrupted by the share; it resumes from its last offset", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+		}
 	case errors.As(err, &paused):
 		reason := "the maintenance window closed; it opens again at " + paused.Until.UTC().Format(time.RFC3339)
 		if serr := d.jobState(context.WithoutCancel(ctx), j.ID, command.JobPaused, reason, ""); serr != nil {
@@ -208,7 +218,8 @@ func (d *Daemon) runExport(ctx context.Context, j state.Job) error {
 		return err
 	}
 	defer closeViews()
-	t, err := d.dialShare(ctx, sh, j.Target, true)
+	var wire atomic.Int64
+	t, err := d.dialShareCounting(ctx, sh, j.Target, true, &wire)
 	if err != nil {
 		return fmt.Errorf("share %s: %w", sh.Name, err)
 	}
@@ -223,6 +234,11 @@ func (d *Daemon) runExport(ctx context.Context, j state.Job) error {
 	if err != nil {
 		return err
 	}
+	// sent twice: what went to the server beyond what the export meant
+	// to write (writes a broken connection made the retry layer resend),
+	// plus what this call rewrote of an interrupted earlier one.
+	d.log.Info("export job finished", "job", j.ID, "package", j.Package, "size", res.Size, "written", res.Written,
+		"wire_bytes", wire.Load(), "resent", wire.Load()-res.Written, "rewritten", res.Rewritten, "took", res.Duration)
 	_, err = d.propose(ctx, &command.JobProgress{ID: j.ID, Offset: res.Size, Bytes: res.Written, TotalBytes: res.Size, At: time.Now().UTC()})
 	return err
 }

@@ -13,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/twinsnap/twinsnap/cluster/command"
@@ -70,6 +71,12 @@ func parseShareURL(raw string) (shareLocation, error) {
 // the share's own directory) of a registered share, with retries and
 // re-dialling after a lost connection. With create, sub is made first.
 func (d *Daemon) dialShare(ctx context.Context, sh state.Share, sub string, create bool) (export.Transport, error) {
+	return d.dialShareCounting(ctx, sh, sub, create, nil)
+}
+
+// dialShareCounting is dialShare with the bytes written to the server,
+// resent ones included, counted in wire (when not nil).
+func (d *Daemon) dialShareCounting(ctx context.Context, sh state.Share, sub string, create bool, wire *atomic.Int64) (export.Transport, error) {
 	loc, err := parseShareURL(sh.URL)
 	if err != nil {
 		return nil, err
@@ -91,7 +98,11 @@ func (d *Daemon) dialShare(ctx context.Context, sh state.Share, sub string, crea
 		dial := func(ctx context.Context, dir string) (export.Transport, error) {
 			c := cfg
 			c.Dir = dir
-			return smb.Dial(ctx, c)
+			t, err := smb.Dial(ctx, c)
+			if err != nil || wire == nil {
+				return t, err
+			}
+			return countingTransport{Transport: t, n: wire}, nil
 		}
 		if create && sub != "" {
 			t, err := dial(ctx, loc.dir)
@@ -117,7 +128,11 @@ func (d *Daemon) dialShare(ctx context.Context, sh state.Share, sub string, crea
 			return nil, err
 		}
 	}
-	return local.New(root)
+	t, err := local.New(root)
+	if err != nil || wire == nil {
+		return t, err
+	}
+	return countingTransport{Transport: t, n: wire}, nil
 }
 
 func shareView(sh state.Share) api.Share {
