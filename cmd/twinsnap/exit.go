@@ -42,7 +42,8 @@ var errUsage = errors.New("usage error")
 var errTLSSetup = errors.New("TLS files")
 
 // errFailed marks an operation that the cluster ran and that failed: a
-// snapshot discarded while the CLI waited for it. It exits 1.
+// snapshot discarded, or an export or import job failed or cancelled,
+// while the CLI waited for it. It exits 1.
 var errFailed = errors.New("operation failed")
 
 // errWaitEnded marks a wait that ended before the operation finished
@@ -117,7 +118,7 @@ var exitRules = []exitRule{
 	{exitUnavailable, []error{api.ErrUnavailable}, "unavailable: no leader, quorum lost, or the node is shutting down"},
 	{exitNoSpace, []error{api.ErrNoSpace}, "no space in a volume container"},
 	{exitInvalid, []error{api.ErrInvalid}, "invalid request, refused by the server's validation"},
-	{exitInternal, []error{api.ErrInternal, errFailed}, "failure: the operation failed on the cluster (a snapshot discarded while waiting), or an internal or unexpected error"},
+	{exitInternal, []error{api.ErrInternal, errFailed}, "failure: the operation failed on the cluster (a snapshot discarded, or an export or import job failed or cancelled, while waiting), or an internal or unexpected error"},
 }
 
 // exitCode returns the exit code for err: 0 for nil, the first matching

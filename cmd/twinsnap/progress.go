@@ -170,6 +170,23 @@ func (l *liveLine) clear() {
 	}
 }
 
+// barWidth is the number of cells inside a progress bar's brackets.
+const barWidth = 20
+
+// progressBar draws done of total as "[=========>          ]"; a full bar
+// has no head.
+func progressBar(done, total int64) string {
+	frac := 0.0
+	if total > 0 {
+		frac = min(max(float64(done)/float64(total), 0), 1)
+	}
+	n := int(frac * barWidth)
+	if n >= barWidth {
+		return "[" + strings.Repeat("=", barWidth) + "]"
+	}
+	return "[" + strings.Repeat("=", n) + ">" + strings.Repeat(" ", barWidth-n-1) + "]"
+}
+
 // percent is done of total in whole percent, at most 100.
 func percent(done, total int64) int {
 	if total <= 0 {
