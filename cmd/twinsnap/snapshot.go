@@ -32,9 +32,9 @@ const hintSnapshotList = "list the snapshots with 'twinsnap snapshot list'"
 
 // newSnapshotCommand returns "twinsnap snapshot" and its subcommands.
 func newSnapshotCommand(g *globalOptions) *cobra.Command {
-	cmd := newGroupCommand("snapshot", "Take, list, show and delete snapshots of VMs")
+	cmd := newGroupCommand("snapshot", "Take, list, show, export and delete snapshots of VMs")
 	cmd.AddCommand(newSnapshotCreateCommand(g), newSnapshotListCommand(g), newSnapshotShowCommand(g),
-		newSnapshotDeleteCommand(g))
+		newSnapshotExportCommand(g), newSnapshotDeleteCommand(g))
 	return cmd
 }
 
