@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,4 +142,129 @@ func TestExportImportRoundTrip(t *testing.T) {
 func runTool(ctx context.Context, name string, args ...string) (string, error) {
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	return string(out), err
+}
+
+// TestImportRefusesBadPackages is must-show 4 of the export issue through
+// the daemon: import jobs of tampered packages fail with their own clear
+// error and leave no VM, no registration and no files behind.
+func TestImportRefusesBadPackages(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c := testenv.StartCluster(t, testenv.ClusterOptions{})
+	if _, err := c.WaitLeader(ctx, "data"); err != nil {
+		t.Fatalf("%v", err)
+	}
+	cl := c.Client(testenv.DataA)
+	defer cl.Close()
+	dir := t.TempDir()
+	if _, err := cl.AddShare(ctx, api.ShareAddRequest{Name: "local", URL: "file://" + dir}); err != nil {
+		t.Fatalf("share: %v", err)
+	}
+	// A valid package to tamper with: one small qcow2 disk.
+	good := filepath.Join(dir, "good")
+	if err := os.MkdirAll(good, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(good, "good-boot.qcow2")
+	if out, err := runTool(ctx, "qemu-img", "create", "-q", "-f", "qcow2", disk, "16M"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := runTool(ctx, "qemu-io", "-c", "write -P 0x5a 0 1M", disk); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	fi, _ := os.Stat(disk)
+	ovf := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References><File ovf:id="file1" ovf:href="%s" ovf:size="%d"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="vol-boot" ovf:fileRef="file1" ovf:capacity="16777216" ovf:capacityAllocationUnits="byte" ovf:format="https://gitlab.com/qemu-project/qemu/-/blob/master/docs/interop/qcow2.txt"/></DiskSection>
+  <VirtualSystem ovf:id="good"><Info>vm</Info><Name>good</Name>
+    <VirtualHardwareSection><Info>hw</Info>
+      <Item><rasd:ElementName>1 CPU</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>256 MiB</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+      <Item><rasd:ElementName>scsi0</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>boot</rasd:ElementName><rasd:HostResource>ovf:/disk/vol-boot</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+`, "%s", fi.Size())
+	write := func(pkg, href, ovfText string, tamper func(pkgDir string)) {
+		t.Helper()
+		pdir := filepath.Join(dir, pkg)
+		if err := os.MkdirAll(pdir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(disk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(pdir, pkg+"-boot.qcow2"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		text := fmt.Sprintf(ovfText, href)
+		if err := os.WriteFile(filepath.Join(pdir, pkg+".ovf"), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mf := fmt.Sprintf("SHA256(%s.ovf)= %s\nSHA256(%s-boot.qcow2)= %s\n", pkg, fileSHA(t, filepath.Join(pdir, pkg+".ovf")), pkg, fileSHA(t, filepath.Join(pdir, pkg+"-boot.qcow2")))
+		if err := os.WriteFile(filepath.Join(pdir, pkg+".mf"), []byte(mf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if tamper != nil {
+			tamper(pdir)
+		}
+	}
+	cases := []struct {
+		name, href string
+		tamper     func(string)
+		want       string
+	}{
+		{"liar", "liar-boot.qcow2", func(p string) {
+			f, _ := os.OpenFile(filepath.Join(p, "liar-boot.qcow2"), os.O_WRONLY, 0)
+			_, _ = f.WriteAt([]byte("tampered"), 1<<20)
+			f.Close()
+		}, "checksum"},
+		{"escape", "../../../etc/passwd", nil, "unsafe"},
+		{"entity", "entity-boot.qcow2", func(p string) {
+			b, _ := os.ReadFile(filepath.Join(p, "entity.ovf"))
+			b = []byte(strings.Replace(string(b), "<Envelope", `<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><Envelope`, 1))
+			_ = os.WriteFile(filepath.Join(p, "entity.ovf"), b, 0o644)
+		}, "entit"},
+		{"truncated", "truncated-boot.qcow2", func(p string) {
+			_ = os.Truncate(filepath.Join(p, "truncated-boot.qcow2"), 4096)
+		}, "truncat"},
+	}
+	for _, tc := range cases {
+		write(tc.name, tc.href, ovf, tc.tamper)
+		job, err := cl.Import(ctx, api.ImportRequest{Share: "local", Path: tc.name + "/" + tc.name + ".ovf", Name: "vm-" + tc.name})
+		if err != nil {
+			t.Fatalf("%s: import request: %v", tc.name, err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		var j *api.Job
+		for {
+			j, err = cl.Job(ctx, job.ID)
+			if err == nil && (j.State == "failed" || j.State == "done") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: job not ended: %+v %v", tc.name, j, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if j.State != "failed" || !strings.Contains(strings.ToLower(j.Error), tc.want) {
+			t.Fatalf("%s: job %s with error %q, want failed naming %q", tc.name, j.State, j.Error, tc.want)
+		}
+		t.Logf("%s: refused: %s", tc.name, j.Error)
+		if _, err := cl.VM(ctx, "vm-"+tc.name); err == nil {
+			t.Fatalf("%s: a VM was registered", tc.name)
+		}
+		for _, d := range []string{"vms", "imports"} {
+			left, _ := filepath.Glob(filepath.Join(c.Nodes[testenv.DataA].Dir, "data", d, "*"))
+			if len(left) > 0 {
+				t.Fatalf("%s: files left behind: %v", tc.name, left)
+			}
+		}
+	}
+	if _, err := os.Stat("/etc/passwd"); err != nil {
+		t.Fatalf("%v", err)
+	}
 }
