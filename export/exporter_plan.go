@@ -115,7 +115,7 @@ func (x *exporter) sizeVMDKs() error {
 			return fmt.Errorf("export: generating %s: %w", s.name, err)
 		}
 		s.size, s.sum = size, sum
-		x.log.Debug("VMDK generated to learn its size", "file", s.name, "size", size, "took", time.Since(began).Round(time.Millisecond))
+		x.log.Info("VMDK generated once to learn its size for the archive layout", "file", s.name, "size", size, "took", time.Since(began).Round(time.Millisecond))
 	}
 	return nil
 }

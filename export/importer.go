@@ -278,6 +278,9 @@ func (im *importer) fromDir(ctx context.Context) (*Imported, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: package file %q: %w", ErrMalformed, f.name, err)
 		}
+		if fi.IsDir {
+			return nil, fmt.Errorf("%w: package file %q is a directory", ErrMalformed, f.name)
+		}
 		total += fi.Size
 	}
 	im.prog.setTotal(total, true)
