@@ -100,8 +100,8 @@ one cannot be reached.`
 		"bound on the whole command's calls to the API, waiting included (commands that wait default to more: see their help)")
 
 	root.AddCommand(newNodeCommand(g), newClusterCommand(g), newSettingsCommand(g), newVMCommand(g),
-		newSnapshotCommand(g), newVolumeContainerCommand(g), newShareCommand(g), newJobCommand(g),
-		newVersionCommand(g))
+		newSnapshotCommand(g), newVolumeContainerCommand(g), newShareCommand(g), newImportCommand(g),
+		newJobCommand(g), newVersionCommand(g))
 	return root
 }
 
