@@ -51,13 +51,14 @@ func newShareAddCommand(g *globalOptions) *cobra.Command {
 node, file:///dir (no user, domain or password).
 
 The password of an SMB share is never taken from the command line or the
-environment. When stdin is a terminal it is asked for, without echo (twice
-with --no-check, as nothing then tries it). Otherwise, or when given,
---password-file FILE supplies it: the file's first line, without its line
-ending; "-" reads that line from stdin. A file other users can read
-(mode o+r) is refused. The password travels once, over the API's mutual
-TLS; the cluster stores it sealed with the cluster key and never shows it
-back (share list says only whether one is stored).
+environment. With --password-file FILE it is the file's first line,
+without its line ending ("-" reads that line from stdin); a file other
+users can read (mode o+r) is refused. Without --password-file it is asked
+for on the terminal, without echo (twice with --no-check, as nothing then
+tries it); when stdin is not a terminal the command refuses to run. The
+password travels once, over the API's mutual TLS; the cluster stores it
+sealed with the cluster key and never shows it back (share list says only
+whether one is stored).
 
 Unless --no-check is given, the node connects to the share and writes and
 removes a probe file before it stores the share; a share it cannot use is
