@@ -7,8 +7,9 @@ import (
 )
 
 // TestNewCommandsHelpAndDocs checks the help of the snapshot,
-// volume-container and vm create-from-snapshot commands for the exit
-// codes, and docs/cli.md for a section per command.
+// volume-container, vm create-from-snapshot, share, export, import and
+// job commands for the exit codes, and docs/cli.md for a section per
+// command.
 func TestNewCommandsHelpAndDocs(t *testing.T) {
 	t.Parallel()
 	doc, err := os.ReadFile("../../docs/cli.md")
@@ -18,6 +19,8 @@ func TestNewCommandsHelpAndDocs(t *testing.T) {
 	for _, path := range []string{
 		"snapshot create", "snapshot list", "snapshot show", "snapshot delete",
 		"vm create-from-snapshot", "volume-container list", "volume-container expand",
+		"share add", "share list", "share remove", "snapshot export", "import",
+		"job list", "job show", "job cancel", "job wait",
 	} {
 		r := runCLI(t, append(strings.Fields(path), "--help")...)
 		if r.code != 0 || !strings.Contains(r.stdout, exitCodesHelp) {
