@@ -118,8 +118,37 @@ func (d *Daemon) runImport(ctx context.Context, j state.Job) (string, error) {
 // NICs, the package's CPUs, memory and firmware).
 func (d *Daemon) importConfig(imp *export.Imported, src command.VM, images map[string]string, vars, dir string) (command.CapturedConfig, error) {
 	if meta := imp.Descriptor.Twinsnap; meta != nil && meta.Driver == string(command.DriverQEMU) && meta.Config != "" {
-		if _, err := parseLaunchSpec(meta.Config); err == nil {
-			return command.CapturedConfig{Kind: command.ConfigQEMULaunch, Text: meta.Config}, nil
+		if spec, err := parseLaunchSpec(meta.Config); err == nil {
+			// Give each source volume the path the spec knows it by,
+			// and leave out the spec's disks the package does not hold
+			// (volumes the snapshot or the export left out).
+			info, err := spec.Info()
+			if err == nil {
+				var missing []hypervisor.LaunchDisk
+				for _, ld := range info.Disks {
+					if ld.Media == "cdrom" || ld.Backing || ld.ReadOnly {
+						continue
+					}
+					found := false
+					for i, v := range src.Volumes {
+						if v.Serial != "" && v.Serial == ld.Serial || v.Serial == "" && v.Name == ld.Serial {
+							src.Volumes[i].Path = ld.Path
+							found = true
+						}
+					}
+					if !found {
+						missing = append(missing, ld)
+					}
+				}
+				spec = withoutDisks(spec, missing)
+				b, err := json.Marshal(spec)
+				if err == nil {
+					for _, ld := range missing {
+						d.log.Info("an imported VM's configuration names a disk the package does not hold; it is left out", "disk", ld.Path, "serial", ld.Serial)
+					}
+					return command.CapturedConfig{Kind: command.ConfigQEMULaunch, Text: string(b)}, nil
+				}
+			}
 		}
 	}
 	bin, err := exec.LookPath("qemu-system-x86_64")
@@ -197,4 +226,42 @@ func (d *Daemon) unregisterQuietly(vm command.VM) {
 	if _, err := d.propose(ctx, &command.VMRemoved{ID: vm.ID}); err != nil {
 		d.log.Warn("cannot unregister the VM of a failed import", "vm", vm.Name, "err", err)
 	}
+}
+
+// withoutDisks removes disks from a launch spec: each -blockdev and -drive
+// option that opens one of their files or defines one of their nodes, and
+// each -device that attaches one of them.
+func withoutDisks(spec hypervisor.LaunchSpec, disks []hypervisor.LaunchDisk) hypervisor.LaunchSpec {
+	if len(disks) == 0 {
+		return spec
+	}
+	refers := func(val string) bool {
+		for _, d := range disks {
+			for _, name := range []string{d.NodeName, d.DriveID} {
+				if name == "" {
+					continue
+				}
+				for _, form := range []string{"drive=" + name, `"node-name":"` + name + `"`, "node-name=" + name, "id=" + name} {
+					if strings.Contains(val, form+",") || strings.HasSuffix(val, form) || strings.Contains(val, form+`"`) || strings.Contains(val, form+"}") {
+						return true
+					}
+				}
+			}
+			if d.Path != "" && (strings.Contains(val, "filename="+d.Path) || strings.Contains(val, "file="+d.Path) || strings.Contains(val, `"filename":"`+d.Path+`"`)) {
+				return true
+			}
+		}
+		return false
+	}
+	out := spec
+	out.Args = nil
+	for i := 0; i < len(spec.Args); i++ {
+		a := spec.Args[i]
+		if (a == "-blockdev" || a == "-drive" || a == "-device") && i+1 < len(spec.Args) && refers(spec.Args[i+1]) {
+			i++
+			continue
+		}
+		out.Args = append(out.Args, a)
+	}
+	return out
 }
