@@ -252,7 +252,7 @@ func (r *Receiver) receive(ctx context.Context, conn net.Conn) error {
 	}
 	log.Info("receiving image", "size", h.size, "resume_offset", offset)
 
-	next := offset // all data below next is written
+	next := offset                       // all data below next is written
 	saved, savedAt := offset, time.Now() // all data below saved is fsynced and recorded
 	syncEvery := r.SyncEvery
 	if syncEvery <= 0 {
