@@ -258,7 +258,7 @@ func TestSnapshotExportWaitTerminal(t *testing.T) {
 	fake.sequences[jobGetPath] = []reply{
 		{body: exportJob("running", 1<<30, 100<<20, "2026-03-01T22:05:00Z", `"file":"web1-boot.qcow2",`)},
 		{body: exportJob("paused", 2<<30, 0, "2026-03-02T03:00:00Z",
-			`"reason":"window closed, reopens at 2026-03-02 22:00 CET","file":"web1-data.qcow2",`)},
+			`"reason":"the maintenance window closed; it opens again at 2026-03-02T21:00:00Z","file":"web1-data.qcow2",`)},
 		// Running again: no rate reported, one sample since the pause.
 		{body: exportJob("running", 3<<30, 0, "2026-03-02T21:00:10Z", `"file":"web1-data.qcow2",`)},
 		// 512 MiB in 10 s: 51.2 MiB/s worked out here, 10 s to go.
@@ -277,7 +277,7 @@ func TestSnapshotExportWaitTerminal(t *testing.T) {
 	want := "Export job job-8d1f of snapshot snap-5f2a to backup:nightly/web1-before-upgrade is queued; waiting until it ends (Ctrl-C stops waiting, the job goes on).\n" +
 		"\r[>                   ]  0 B / 4 GiB  0%  queued\x1b[K" +
 		"\r[=====>              ]  1 GiB / 4 GiB  25%  100 MiB/s  ETA 31s  running  web1-boot.qcow2\x1b[K" +
-		"\r[==========>         ]  2 GiB / 4 GiB  50%  paused: window closed, reopens at 2026-03-02 22:00 CET (window 22:00-04:00)  web1-data.qcow2\x1b[K" +
+		"\r[==========>         ]  2 GiB / 4 GiB  50%  paused: the maintenance window closed; it opens again at 2026-03-02T21:00:00Z (window 22:00-04:00)  web1-data.qcow2\x1b[K" +
 		"\r[===============>    ]  3 GiB / 4 GiB  75%  running  web1-data.qcow2\x1b[K" +
 		"\r[=================>  ]  3.5 GiB / 4 GiB  87%  51.2 MiB/s  ETA 10s  running  web1-data.qcow2\x1b[K" +
 		"\r[====================]  4 GiB / 4 GiB  100%  done\x1b[K" +

@@ -120,7 +120,7 @@ func TestJobShow(t *testing.T) {
 	t.Parallel()
 	p := newTestPKI(t)
 	paused := exportJob("paused", 2<<30, 0, "2026-03-02T03:00:00Z",
-		`"reason":"window closed, reopens at 2026-03-02 22:00 CET","file":"web1-data.qcow2",`)
+		`"reason":"the maintenance window closed; it opens again at 2026-03-02T21:00:00Z","file":"web1-data.qcow2",`)
 	fake := jobAPI()
 	fake.routes[jobGetPath] = reply{body: paused}
 	addr := startFake(t, p, fake)
@@ -129,7 +129,7 @@ func TestJobShow(t *testing.T) {
 	want := `ID:         job-8d1f
 Kind:       export
 State:      paused
-Reason:     window closed, reopens at 2026-03-02 22:00 CET
+Reason:     the maintenance window closed; it opens again at 2026-03-02T21:00:00Z
 Node:       n1
 Snapshot:   snap-5f2a
 Share:      backup
@@ -414,6 +414,8 @@ func TestJobProgressLine(t *testing.T) {
 			"[=====>              ]  1 GiB / 4 GiB  25%  paused: window closed"},
 		{api.Job{State: "paused", Bytes: 1 << 30, TotalBytes: 4 << 30, Window: "22:00-04:00"}, 0, nil,
 			"[=====>              ]  1 GiB / 4 GiB  25%  paused (window 22:00-04:00)"},
+		{api.Job{State: "running", Bytes: 1 << 30, TotalBytes: 4 << 30, Reason: "moved from n1"}, 0, nil,
+			"[=====>              ]  1 GiB / 4 GiB  25%  running (moved from n1)"},
 		{api.Job{State: "failed", Bytes: 1 << 30, TotalBytes: 4 << 30, Error: "disk full", File: "a.qcow2"}, 0, nil,
 			"[=====>              ]  1 GiB / 4 GiB  25%  failed: disk full"},
 		{api.Job{State: "running", Bytes: 1 << 30, TotalBytes: 4 << 30}, 0, api.ErrUnavailable,

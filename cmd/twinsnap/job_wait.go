@@ -234,7 +234,8 @@ func (d *jobDisplay) update(j *api.Job, pollErr error) {
 // the total is known, bytes done and total, percent, then while running
 // the rate (the job's own, else measured from the bytes seen) and the
 // ETA, the state (while paused with the reason and the window instead of
-// an ETA), the file at hand, and a failing poll.
+// an ETA; while running with a reason if the node gives one), the file at
+// hand, and a failing poll.
 func jobProgressLine(j *api.Job, measured float64, pollErr error, bar bool) string {
 	var parts []string
 	if j.TotalBytes > 0 {
@@ -269,6 +270,9 @@ func jobProgressLine(j *api.Job, measured float64, pollErr error, bar bool) stri
 		if j.Error != "" {
 			state += ": " + j.Error
 		}
+	}
+	if j.State == jobRunning && j.Reason != "" {
+		state += " (" + j.Reason + ")"
 	}
 	parts = append(parts, state)
 	if j.File != "" && !jobEnded(j) {
