@@ -48,7 +48,7 @@ func (d *Daemon) runImport(ctx context.Context, j state.Job) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("share %s: %w", sh.Name, err)
 	}
-	defer t.Close()
+	defer func() { _ = t.Close() }()
 	imp, err := export.Import(ctx, t, j.Path, export.ImportOptions{Dir: work, OnProgress: d.progressReporter(ctx, j.ID), Logger: d.log.With("job", j.ID)})
 	if err != nil {
 		return "", err

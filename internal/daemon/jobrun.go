@@ -223,7 +223,7 @@ func (d *Daemon) runExport(ctx context.Context, j state.Job) error {
 	if err != nil {
 		return fmt.Errorf("share %s: %w", sh.Name, err)
 	}
-	defer t.Close()
+	defer func() { _ = t.Close() }()
 	if j.BandwidthBytes > 0 {
 		t = export.WithBandwidthLimit(t, j.BandwidthBytes)
 	}
@@ -249,7 +249,7 @@ func (d *Daemon) exportSpec(ctx context.Context, sn state.Snapshot, j state.Job)
 	var views []*volumes.View
 	closeViews := func() {
 		for _, v := range views {
-			v.Close()
+			_ = v.Close()
 		}
 	}
 	cpus, mem := vmShape(sn.Captured)

@@ -110,7 +110,7 @@ func (d *Daemon) dialShareCounting(ctx context.Context, sh state.Share, sub stri
 				return nil, err
 			}
 			err = t.MkdirAll(ctx, sub)
-			t.Close()
+			_ = t.Close()
 			if err != nil {
 				return nil, fmt.Errorf("share %s: making %s: %w", sh.Name, sub, err)
 			}
@@ -209,7 +209,7 @@ func (d *Daemon) checkShare(ctx context.Context, sh state.Share) error {
 	if err != nil {
 		return err
 	}
-	defer t.Close()
+	defer func() { _ = t.Close() }()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	name := ".twinsnap-probe-" + hex.EncodeToString(b[:])

@@ -45,7 +45,7 @@ func TestSnapshotRefusedForSpace(t *testing.T) {
 		t.Fatalf("%v", err)
 	}
 	devs, err := hypervisor.BlockDevices(ctx, m.QMP())
-	m.Close()
+	_ = m.Close()
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -246,7 +246,7 @@ func stopCreatedVM(t *testing.T, ctx context.Context, res *api.CreateVMResult) {
 	if err != nil {
 		return // already gone
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	if err := m.Quit(ctx); err != nil {
 		t.Errorf("stopping %s: %v", res.VM.Name, err)
 	}
