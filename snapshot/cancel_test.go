@@ -65,7 +65,9 @@ func TestReceiverCancelledBetweenReads(t *testing.T) {
 // pipeDialer hands out one end of a pipe.
 type pipeDialer struct{ conn net.Conn }
 
-func (d pipeDialer) DialContext(context.Context, string, string) (net.Conn, error) { return d.conn, nil }
+func (d pipeDialer) DialContext(context.Context, string, string) (net.Conn, error) {
+	return d.conn, nil
+}
 
 // TestSenderCancelledBetweenWrites: a Send whose context ends between two
 // chunks returns at once, not after the I/O timeout, although the peer

@@ -51,7 +51,39 @@ func (e *Engine) replicate(ctx context.Context, rec Record) error {
 			"resumed_at", st.ResumedAt, "sent", st.BytesSent, "took", st.Duration)
 	}
 	e.setProgress(rec.ID, PhaseReplicate, total, total, "waiting for "+peer+" to record its replica")
+	e.awaitPeerReplica(ctx, rec.ID)
 	return nil
+}
+
+// peerRecordWait bounds how long a replicate step that sent every image
+// waits for the peer to record its replica.
+const peerRecordWait = 5 * time.Second
+
+// awaitPeerReplica waits, at most peerRecordWait, until the snapshot is no
+// longer partial or the peer holds a verified replica of it. The peer
+// records its replica as soon as it has verified the last image; sending
+// again before that would only make it hash every image anew (and, as
+// the step's success starts the next one at once, again and again). A
+// peer that dropped an image that did not verify gets it after the wait.
+func (e *Engine) awaitPeerReplica(ctx context.Context, id string) {
+	deadline := time.NewTimer(peerRecordWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		snaps := e.cfg.Cluster.Snapshots()
+		i := slices.IndexFunc(snaps, func(r Record) bool { return r.ID == id })
+		if i < 0 || snaps[i].State != StatePartial || e.peerVerified(&snaps[i]) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // images lists what replicates for a snapshot: one image per volume, then
