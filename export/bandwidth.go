@@ -18,7 +18,8 @@ const MaxBurst = 256 << 10
 // at that rate and holding at most a burst of min(MaxBurst, a tenth of a
 // second's worth, at least 1 KiB) bytes, is shared by every writer of the
 // returned transport. A write waits for its tokens with the context its
-// writer was opened with. Reads and metadata calls are not limited.
+// writer was opened with. Reads and metadata calls are not limited (see
+// WithReadBandwidthLimit).
 // A bytesPerSec of zero or less returns t itself.
 func WithBandwidthLimit(t Transport, bytesPerSec int64) Transport {
 	if bytesPerSec <= 0 {
@@ -27,10 +28,22 @@ func WithBandwidthLimit(t Transport, bytesPerSec int64) Transport {
 	return &limitTransport{Transport: t, bucket: newBucket(bytesPerSec)}
 }
 
+// WithReadBandwidthLimit returns t with its reads limited to bytesPerSec
+// (for imports); writes and metadata calls are not limited. A
+// bytesPerSec of zero or less returns t itself.
+func WithReadBandwidthLimit(t Transport, bytesPerSec int64) Transport {
+	if bytesPerSec <= 0 {
+		return t
+	}
+	return &limitTransport{Transport: t, bucket: newBucket(bytesPerSec), reads: true}
+}
+
 // limitTransport is the Transport of WithBandwidthLimit.
 type limitTransport struct {
 	Transport
 	bucket *bucket
+	// reads limits reads instead of writes (WithReadBandwidthLimit).
+	reads bool
 }
 
 var _ Transport = (*limitTransport)(nil)
@@ -38,8 +51,8 @@ var _ Transport = (*limitTransport)(nil)
 // OpenWriter implements Transport.
 func (l *limitTransport) OpenWriter(ctx context.Context, name string) (FileWriter, error) {
 	w, err := l.Transport.OpenWriter(ctx, name)
-	if err != nil {
-		return nil, err
+	if err != nil || l.reads {
+		return w, err
 	}
 	return &limitWriter{FileWriter: w, ctx: ctx, bucket: l.bucket}, nil
 }
@@ -94,6 +107,33 @@ func (w *limitWriter) WriteAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// OpenReader implements Transport: with WithReadBandwidthLimit, reads pay
+// for their bytes.
+func (l *limitTransport) OpenReader(ctx context.Context, name string) (FileReader, error) {
+	r, err := l.Transport.OpenReader(ctx, name)
+	if err != nil || !l.reads {
+		return r, err
+	}
+	return &limitReader{FileReader: r, ctx: ctx, bucket: l.bucket}, nil
+}
+
+// limitReader is a FileReader of WithBandwidthLimit.
+type limitReader struct {
+	FileReader
+	ctx    context.Context
+	bucket *bucket
+}
+
+// ReadAt implements FileReader: it waits until the bucket has paid for
+// len(p) bytes, then reads.
+func (r *limitReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := sleepUntil(r.ctx, r.bucket.reserve(len(p))); err != nil {
+		r.bucket.refund(len(p))
+		return 0, fmt.Errorf("export: waiting for bandwidth: %w", err)
+	}
+	return r.FileReader.ReadAt(p, off)
 }
 
 // sleepUntil waits until t or until ctx ends.

@@ -285,13 +285,19 @@ type ImportJobCreated struct {
 	// Readdress is run in the guest after the VM's first boot; nil for
 	// nothing.
 	Readdress *Readdress `json:"readdress,omitempty"`
+	// Window is when the import may start (it runs to its end once
+	// started); nil for any time.
+	Window *Window `json:"window,omitempty"`
+	// BandwidthBytes limits the read from the share, in bytes per second;
+	// 0 for no limit.
+	BandwidthBytes int64 `json:"bandwidth_bytes,omitempty"`
 }
 
 // Type implements Command.
 func (ImportJobCreated) Type() Type { return TypeImportJobCreated }
 
 func (c ImportJobCreated) payloadVersion() uint8 {
-	if c.Share != "" || c.Path != "" || c.Readdress != nil {
+	if c.Share != "" || c.Path != "" || c.Readdress != nil || c.Window != nil || c.BandwidthBytes != 0 {
 		return 2
 	}
 	return 1
@@ -333,6 +339,14 @@ func (c ImportJobCreated) Validate() error {
 		if err := c.Readdress.validate("readdress"); err != nil {
 			return err
 		}
+	}
+	if c.Window != nil {
+		if err := c.Window.validate("window"); err != nil {
+			return err
+		}
+	}
+	if err := checkBytes("bandwidth_bytes", c.BandwidthBytes, 0); err != nil {
+		return err
 	}
 	if err := checkName("creator", c.Creator); err != nil {
 		return err

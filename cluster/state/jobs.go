@@ -206,7 +206,11 @@ func applyImportJobCreated(c *applyCtx, cmd *command.ImportJobCreated) error {
 		Source: cmd.Source, VMName: cmd.VMName, NewMACs: cmd.NewMACs,
 		Creator: cmd.Creator, CreatedAt: cmd.CreatedAt.UTC(), UpdatedAt: cmd.CreatedAt.UTC(),
 		UpdatedIndex: c.index,
-		Share:        cmd.Share, Path: cmd.Path,
+		Share:        cmd.Share, Path: cmd.Path, BandwidthBytes: cmd.BandwidthBytes,
+	}
+	if cmd.Window != nil {
+		w := *cmd.Window
+		j.Window = &w
 	}
 	if cmd.Readdress != nil {
 		r := *cmd.Readdress

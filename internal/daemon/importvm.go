@@ -44,11 +44,20 @@ func (d *Daemon) runImport(ctx context.Context, j state.Job) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(work)
+	// An import starts in its window and, once started, runs to its end.
+	if win, err := jobWindow(j.Window); err != nil {
+		return "", err
+	} else if win != nil && !win.Open(time.Now()) {
+		return "", &export.PausedError{Until: win.NextOpen(time.Now())}
+	}
 	t, err := d.dialShare(ctx, sh, "", false)
 	if err != nil {
 		return "", fmt.Errorf("share %s: %w", sh.Name, err)
 	}
 	defer func() { _ = t.Close() }()
+	if j.BandwidthBytes > 0 {
+		t = export.WithReadBandwidthLimit(t, j.BandwidthBytes)
+	}
 	imp, err := export.Import(ctx, t, j.Path, export.ImportOptions{Dir: work, OnProgress: d.progressReporter(ctx, j.ID), Logger: d.log.With("job", j.ID)})
 	if err != nil {
 		return "", err

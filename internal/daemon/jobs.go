@@ -229,12 +229,13 @@ func (d *Daemon) postImport(w http.ResponseWriter, r *http.Request) error {
 		}
 		node = d.cfg.ID
 	}
-	if req.Window != "" || req.BandwidthBytes != 0 {
-		return apiError(api.CodeInvalid, "maintenance windows and bandwidth limits apply to exports; an import runs when it is asked for")
+	win, err := parseJobWindow(req.Window, req.Days, req.Location)
+	if err != nil {
+		return err
 	}
 	cmd := &command.ImportJobCreated{
 		ID: newJobID("import"), Node: node, Share: req.Share, Path: strings.TrimPrefix(path.Clean("/"+req.Path), "/"),
-		VMName: req.Name, NewMACs: !req.KeepMACs,
+		VMName: req.Name, NewMACs: !req.KeepMACs, Window: win, BandwidthBytes: req.BandwidthBytes,
 		Creator: callerOf(r).name, CreatedAt: time.Now().UTC(),
 	}
 	if req.Readdress != "" {
