@@ -109,7 +109,10 @@ func TestExportImportRoundTrip(t *testing.T) {
 	cl2 := c2.Client(testenv.DataA)
 	defer cl2.Close()
 	addSambaShare(t, ctx, cl2, "nas", smb)
-	job, err := cl2.Import(ctx, api.ImportRequest{Share: "nas", Path: "exports/guest-qcow2/guest-qcow2.ovf", Name: "imported"})
+	job, err := cl2.Import(ctx, api.ImportRequest{Share: "nas", Path: "exports/guest-qcow2/guest-qcow2.ovf", Name: "imported",
+		// The re-addressing hook: a program of the guest's, run through
+		// guest-exec once it is up.
+		Readdress: "/bin/sh", ReaddressArgs: []string{"-c", "echo 10.0.0.9/24 > /run/readdressed"}})
 	if err != nil {
 		t.Fatalf("import: %v", err)
 	}
@@ -127,6 +130,9 @@ func TestExportImportRoundTrip(t *testing.T) {
 	defer ga.Close()
 	if out := strings.TrimSpace(guestSh(t, ctx, ga, "cat /mnt/data1/marker")); out != "exported" {
 		t.Fatalf("marker in the imported VM: %q", out)
+	}
+	if out := strings.TrimSpace(guestSh(t, ctx, ga, "cat /run/readdressed")); out != "10.0.0.9/24" {
+		t.Fatalf("the re-addressing hook did not run: %q", out)
 	}
 	mac := strings.TrimSpace(guestSh(t, ctx, ga, "cat /sys/class/net/eth0/address"))
 	if strings.EqualFold(mac, e.mac) || mac == "" {

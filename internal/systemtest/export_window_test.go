@@ -217,6 +217,56 @@ func TestExportWindowBandwidthAndSmbdKill(t *testing.T) {
 	})
 }
 
+// TestExportSurvivesNodeLoss: the node running an export dies for good
+// mid-transfer; the leader moves the job to the other data node, which
+// resumes it from the last recorded offset and finishes a package that
+// verifies.
+func TestExportSurvivesNodeLoss(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	e := newQEMUSnapEnv(t, ctx, []testenv.DiskSpec{{Serial: "data1", SizeMiB: 128}}, 0)
+	smb := testenv.StartSamba(t, testenv.SambaOptions{})
+	e.sh(t, ctx, "dd if=/dev/urandom of=/mnt/data1/blob bs=1M count=48 2>/dev/null && sync")
+	sn, err := e.cl.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: "guest"})
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	waitSnapshot(t, ctx, e.cl, sn.ID, api.StateComplete, 3*time.Minute)
+	addSambaShare(t, ctx, e.cl, "nas", smb)
+	cl := e.c.Client(testenv.DataB, testenv.Witness)
+	defer cl.Close()
+	job, err := cl.ExportSnapshot(ctx, sn.ID, api.ExportRequest{Share: "nas", Package: "moved", Node: testenv.DataA, BandwidthBytes: 3 << 20})
+	if err != nil {
+		t.Fatalf("export: %v", err)
+	}
+	var killedAt int64
+	for deadline := time.Now().Add(2 * time.Minute); killedAt == 0; {
+		j, err := cl.Job(ctx, job.ID)
+		if err == nil && j.Offset > 8<<20 {
+			e.c.Kill(testenv.DataA)
+			killedAt = j.Offset
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the export made no progress: %+v %v", j, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("data-a killed with the job at offset %d", killedAt)
+	samples := followJob(t, ctx, cl, job.ID, 5*time.Minute, nil)
+	j, err := cl.Job(ctx, job.ID)
+	if err != nil || j.Node != testenv.DataB {
+		t.Fatalf("job after the loss of data-a: %+v %v", j, err)
+	}
+	if err := verifyPackage(t, filepath.Join(smb.Dir, "moved"), "moved"); err != nil {
+		t.Fatalf("%v", err)
+	}
+	rewritten := exportResent(t, e.c, testenv.DataB, job.ID)
+	t.Logf("moved to data-b, resumed and finished (%d samples); %d bytes written again", len(samples), rewritten)
+	if rewritten > killedAt {
+		t.Fatalf("data-b rewrote %d bytes: it did not resume from the offset %d", rewritten, killedAt)
+	}
+}
+
 // exportResent reads, from the node's log, how many bytes an export job
 // sent twice.
 func exportResent(t *testing.T, c *testenv.Cluster, node, job string) int64 {

@@ -80,6 +80,17 @@ func TestSnapshotRefusedForSpace(t *testing.T) {
 	if out := e.c.CLI(ctx, testenv.DataA, "volume-container", "expand", "guest/"+boot.Name, "--capacity", fmt.Sprint(boot.SizeBytes)); out.Exit == 0 {
 		t.Fatalf("a container shrank:\n%s", out.Stdout)
 	}
+	// Snapshots turned off system-wide are refused too (exit 6), and on
+	// again they go through.
+	if out := e.c.CLI(ctx, testenv.DataA, "settings", "snapshots", "disable"); out.Exit != 0 {
+		t.Fatalf("disable: %s%s", out.Stdout, out.Stderr)
+	}
+	if out := e.c.CLI(ctx, testenv.Witness, "snapshot", "create", "guest", "--no-data"); out.Exit != 6 || !strings.Contains(out.Stderr, "disabled") {
+		t.Fatalf("a snapshot while disabled: exit %d: %s", out.Exit, out.Stderr)
+	}
+	if out := e.c.CLI(ctx, testenv.DataA, "settings", "snapshots", "enable"); out.Exit != 0 {
+		t.Fatalf("enable: %s%s", out.Stdout, out.Stderr)
+	}
 	res = e.c.CLI(ctx, testenv.Witness, "snapshot", "create", "guest", "--no-data", "--wait", "--output", "json")
 	if res.Exit != 0 {
 		t.Fatalf("snapshot after expand: exit %d\n%s%s", res.Exit, res.Stdout, res.Stderr)

@@ -377,6 +377,31 @@ func TestSnapshotEndToEndLibvirt(t *testing.T) {
 	if out := strings.TrimSpace(guestSh(t, ctx, ga, "cat /mnt/data1/marker1; test ! -e /mnt/data1/marker2 && echo no-marker2")); out != "before\nno-marker2" {
 		t.Fatalf("the new domain's data1 holds %q", out)
 	}
+
+	// A stopped domain is copied with qemu-img, in full, with the reason.
+	l, err := hypervisor.DialLibvirt(ctx, e.libvirtSocket)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	defer func() { _ = l.Close() }()
+	domain := e.vm.Libvirt.Domain
+	if err := l.DestroyDomain(ctx, domain); err != nil {
+		t.Fatalf("stopping the domain: %v", err)
+	}
+	stopped, err := e.cl.CreateSnapshot(ctx, api.SnapshotCreateRequest{VM: "guest", Volumes: []string{"data1"}})
+	if err != nil {
+		t.Fatalf("snapshot of the stopped domain: %v", err)
+	}
+	sd := waitSnapshot(t, ctx, e.cl, stopped.ID, api.StateComplete, 3*time.Minute)
+	for _, v := range sd.Volumes {
+		if v.ParentID != "" || !strings.Contains(v.FullReason, "not running") {
+			t.Fatalf("volume of the stopped domain's snapshot: %+v", v)
+		}
+	}
+	if m1, found, err := testenv.ReadGuestFile(ctx, imagePath(e.c, testenv.DataB, stopped.ID, e.volID(t, "data1")), "/marker2"); err != nil || !found || strings.TrimSpace(string(m1)) != "after" {
+		t.Fatalf("the stopped domain's snapshot lacks marker2: %q %v %v", m1, found, err)
+	}
+	t.Logf("stopped domain: snapshot %s complete, copied in full with qemu-img", stopped.ID)
 }
 
 // TestSnapshotUEFI snapshots a bare QEMU guest that boots with OVMF: the
