@@ -363,6 +363,7 @@ func (r *Receiver) finish(ctx context.Context, conn net.Conn, part, prog *os.Fil
 	}
 	prog.Close()
 	os.Remove(progPath)
+	recordVerified(final, h)
 	log.Info("image verified and in place", "size", h.size, "hash_seconds", time.Since(start).Seconds())
 	if r.Received != nil {
 		r.Received(ReceivedImage{SnapshotID: h.snapshotID, VolumeID: h.volumeID, Path: final, Size: h.size, SHA256: h.sum})
@@ -381,6 +382,9 @@ const (
 // alreadyThere reports whether final exists with the announced size and
 // digest (a retry after the result was lost).
 func alreadyThere(ctx context.Context, final string, h hello) (bool, error) {
+	if verifiedRecord(final, h) {
+		return true, nil // verified when it arrived and unchanged since
+	}
 	f, err := os.Open(final)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
@@ -511,4 +515,37 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// verifiedSuffix names the record of an image the receiver verified: its
+// SHA-256, size and modification time, so that a sender asking again
+// (after a lost reply, or before the peer recorded its replica) is told
+// at once instead of after hashing the whole image again, which for a
+// large image outlasts the sender's I/O timeout.
+const verifiedSuffix = ".verified"
+
+// recordVerified writes the record of a verified image, best effort: a
+// missing record only costs a hash.
+func recordVerified(final string, h hello) {
+	fi, err := os.Stat(final)
+	if err != nil {
+		return
+	}
+	rec := fmt.Sprintf("%x %d %d\n", h.sum, h.size, fi.ModTime().UnixNano())
+	_ = os.WriteFile(final+verifiedSuffix, []byte(rec), 0o640)
+}
+
+// verifiedRecord reports whether final is an image verified as h
+// announces it and not modified since.
+func verifiedRecord(final string, h hello) bool {
+	b, err := os.ReadFile(final + verifiedSuffix)
+	if err != nil {
+		return false
+	}
+	fi, err := os.Stat(final)
+	if err != nil {
+		return false
+	}
+	want := fmt.Sprintf("%x %d %d\n", h.sum, h.size, fi.ModTime().UnixNano())
+	return string(b) == want && fi.Size() == h.size
 }

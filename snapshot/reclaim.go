@@ -78,7 +78,7 @@ func phaseOf(rec Record) string {
 
 // removePartial removes what an unfinished transfer of an image left.
 func removePartial(final string) {
-	for _, suffix := range []string{".part", ".progress"} {
+	for _, suffix := range []string{".part", ".progress", verifiedSuffix} {
 		os.Remove(final + suffix)
 	}
 	// A hidden temporary of the receiver, if its naming differs.
