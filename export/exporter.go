@@ -115,7 +115,8 @@ type Progress struct {
 // ExportOptions tunes Export.
 type ExportOptions struct {
 	// Parallelism is the number of concurrent WriteAt calls (default
-	// DefaultParallelism).
+	// DefaultParallelism); the read-back of each written file keeps
+	// twice as many ReadAt calls in flight.
 	Parallelism int
 	// ChunkWindow bounds the chunks generated and not yet written, the
 	// writes in flight included (default twice Parallelism, at least

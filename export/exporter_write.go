@@ -497,7 +497,7 @@ func (x *exporter) verify(ctx context.Context, s *segment) error {
 	if !x.spec.OVA && r.Size() != s.size {
 		return fmt.Errorf("export: verify %s: %w: %d bytes on the share, %d written", name, ErrChecksum, r.Size(), s.size)
 	}
-	pr := newPrefetchReader(ctx, r, s.base, s.base+s.size, x.opts.Parallelism)
+	pr := newPrefetchReader(ctx, r, s.base, s.base+s.size, 2*x.opts.Parallelism)
 	defer pr.Close()
 	h := sha256.New()
 	n, err := io.Copy(h, pr)
