@@ -170,6 +170,9 @@ type vmCopy struct {
 	KeepMACs bool
 	// Start and Register: boot it (and wait for its agent), register it.
 	Start, Register bool
+	// AgentOptional does not wait for a guest agent (a VM from another
+	// tool's package may have none); the VM is registered once QEMU runs.
+	AgentOptional bool
 }
 
 // startCopy writes the new VM's configuration (new name, UUID and MACs,
@@ -309,7 +312,7 @@ func (d *Daemon) startCopy(ctx context.Context, vc vmCopy) (*api.CreateVMResult,
 		}
 		return nil, err
 	}
-	if res.Started {
+	if res.Started && !vc.AgentOptional {
 		if err := waitAgent(ctx, reg); err != nil {
 			return fail(fmt.Errorf("the new VM started, but %w", err))
 		}
@@ -349,10 +352,14 @@ func (d *Daemon) quitQEMU(qmpSocket string) {
 	_ = m.Quit(ctx)
 }
 
-// bootName returns the name of a VM's boot volume.
+// bootName returns how registration finds a VM's boot volume: its
+// serial, else its name.
 func bootName(vm command.VM) string {
 	for _, v := range vm.Volumes {
 		if v.Boot {
+			if v.Serial != "" {
+				return v.Serial
+			}
 			return v.Name
 		}
 	}

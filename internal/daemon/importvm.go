@@ -14,6 +14,7 @@ import (
 	"github.com/twinsnap/twinsnap/cluster/state"
 	"github.com/twinsnap/twinsnap/export"
 	"github.com/twinsnap/twinsnap/guestagent"
+	"github.com/twinsnap/twinsnap/internal/api"
 	"github.com/twinsnap/twinsnap/internal/hypervisor"
 )
 
@@ -81,7 +82,11 @@ func (d *Daemon) runImport(ctx context.Context, j state.Job) (string, error) {
 		if err := os.Rename(disk.Path, dst); err != nil {
 			return "", err
 		}
-		src.Volumes = append(src.Volumes, command.Volume{ID: id, Name: disk.Disk.Name, Serial: disk.Disk.Serial, Boot: disk.Disk.Boot, SizeBytes: disk.Disk.CapacityBytes, Format: command.FormatQCOW2})
+		serial := disk.Disk.Serial
+		if serial == "" {
+			serial = serialOf(disk.Disk.Name, i)
+		}
+		src.Volumes = append(src.Volumes, command.Volume{ID: id, Name: disk.Disk.Name, Serial: serial, Boot: disk.Disk.Boot, SizeBytes: disk.Disk.CapacityBytes, Format: command.FormatQCOW2})
 		images[id] = dst
 	}
 	vars := ""
@@ -102,13 +107,20 @@ func (d *Daemon) runImport(ctx context.Context, j state.Job) (string, error) {
 	}
 	res, err := d.startCopy(ctx, vmCopy{
 		Name: j.VMName, Dir: dir, Source: src, Config: cfg, Images: images, UEFIVars: vars,
-		KeepMACs: !j.NewMACs, Start: true, Register: true,
+		KeepMACs: !j.NewMACs, Start: true, Register: true, AgentOptional: imp.Foreign,
 	})
 	if err != nil {
 		return "", err
 	}
 	if j.Readdress != nil {
-		if err := d.readdress(ctx, res.VM, j.Readdress); err != nil {
+		err := error(nil)
+		if !res.AgentReady {
+			err = waitAgent(ctx, api.VMRegisterRequest{Name: res.VM.Name, Driver: res.VM.Driver, QEMU: res.VM.QEMU, Libvirt: res.VM.Libvirt})
+		}
+		if err == nil {
+			err = d.readdress(ctx, res.VM, j.Readdress)
+		}
+		if err != nil {
 			d.unregisterQuietly(res.VM)
 			if res.VM.QEMU != nil {
 				d.quitQEMU(res.VM.QEMU.QMPSocket)
@@ -273,4 +285,20 @@ func withoutDisks(spec hypervisor.LaunchSpec, disks []hypervisor.LaunchDisk) hyp
 		out.Args = append(out.Args, a)
 	}
 	return out
+}
+
+// serialOf makes a disk serial from a disk's name (a package from another
+// tool gives none): printable ASCII without spaces or commas, at most 20
+// bytes, else "disk<i>".
+func serialOf(name string, i int) string {
+	var b strings.Builder
+	for _, r := range name {
+		if r > ' ' && r <= '~' && r != ',' && b.Len() < 20 {
+			b.WriteRune(r)
+		}
+	}
+	if b.Len() == 0 {
+		return fmt.Sprintf("disk%d", i)
+	}
+	return b.String()
 }

@@ -179,20 +179,7 @@ func TestImportRefusesBadPackages(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	fi, _ := os.Stat(disk)
-	ovf := fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
-  <References><File ovf:id="file1" ovf:href="%s" ovf:size="%d"/></References>
-  <DiskSection><Info>disks</Info><Disk ovf:diskId="vol-boot" ovf:fileRef="file1" ovf:capacity="16777216" ovf:capacityAllocationUnits="byte" ovf:format="https://gitlab.com/qemu-project/qemu/-/blob/master/docs/interop/qcow2.txt"/></DiskSection>
-  <VirtualSystem ovf:id="good"><Info>vm</Info><Name>good</Name>
-    <VirtualHardwareSection><Info>hw</Info>
-      <Item><rasd:ElementName>1 CPU</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
-      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>256 MiB</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
-      <Item><rasd:ElementName>scsi0</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>6</rasd:ResourceType></Item>
-      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>boot</rasd:ElementName><rasd:HostResource>ovf:/disk/vol-boot</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
-    </VirtualHardwareSection>
-  </VirtualSystem>
-</Envelope>
-`, "%s", fi.Size())
+	ovf := foreignOVF("%s", fi.Size(), qcow2FormatURI)
 	write := func(pkg, href, ovfText string, tamper func(pkgDir string)) {
 		t.Helper()
 		pdir := filepath.Join(dir, pkg)
@@ -272,5 +259,107 @@ func TestImportRefusesBadPackages(t *testing.T) {
 	}
 	if _, err := os.Stat("/etc/passwd"); err != nil {
 		t.Fatalf("%v", err)
+	}
+}
+
+// Disk format URIs of OVF descriptors.
+const (
+	qcow2FormatURI = "https://gitlab.com/qemu-project/qemu/-/blob/master/docs/interop/qcow2.txt"
+	vmdkFormatURI  = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+)
+
+// foreignOVF is a minimal descriptor as other tools write it (no twinsnap
+// section): one disk file on a SCSI controller, 1 CPU, 256 MiB.
+func foreignOVF(href string, size int64, format string) string {
+	return fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData">
+  <References><File ovf:id="file1" ovf:href="%s" ovf:size="%d"/></References>
+  <DiskSection><Info>disks</Info><Disk ovf:diskId="vol-boot" ovf:fileRef="file1" ovf:capacity="16777216" ovf:capacityAllocationUnits="byte" ovf:format="%s"/></DiskSection>
+  <VirtualSystem ovf:id="good"><Info>vm</Info><Name>good</Name>
+    <VirtualHardwareSection><Info>hw</Info>
+      <Item><rasd:ElementName>1 CPU</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>256 MiB</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>256</rasd:VirtualQuantity></Item>
+      <Item><rasd:ElementName>scsi0</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>boot</rasd:ElementName><rasd:HostResource>ovf:/disk/vol-boot</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+`, href, size, format)
+}
+
+// TestImportForeignPackage imports a package another tool could have
+// written (a streamOptimized VMDK made by qemu-img, a descriptor without
+// twinsnap's section): the job makes a running, registered VM of it with
+// a launch spec made from the descriptor, without waiting for an agent
+// the guest may not have. The share's password, meanwhile, appears in no
+// log and no Raft file of any node.
+func TestImportForeignPackage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c := testenv.StartCluster(t, testenv.ClusterOptions{})
+	if _, err := c.WaitLeader(ctx, "data"); err != nil {
+		t.Fatalf("%v", err)
+	}
+	cl := c.Client(testenv.DataA)
+	defer cl.Close()
+	smb := testenv.StartSamba(t, testenv.SambaOptions{})
+	addSambaShare(t, ctx, cl, "nas", smb)
+	pkg := filepath.Join(smb.Dir, "foreign")
+	if err := os.MkdirAll(pkg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	raw := filepath.Join(t.TempDir(), "disk.raw")
+	if out, err := runTool(ctx, "qemu-img", "create", "-q", "-f", "raw", raw, "16M"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := runTool(ctx, "qemu-io", "-f", "raw", "-c", "write -P 0x42 1M 2M", raw); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	vmdk := filepath.Join(pkg, "foreign-disk1.vmdk")
+	if out, err := runTool(ctx, "qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", raw, vmdk); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	fi, err := os.Stat(vmdk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pkg, "foreign.ovf"), []byte(foreignOVF("foreign-disk1.vmdk", fi.Size(), vmdkFormatURI)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mf := fmt.Sprintf("SHA256(foreign.ovf)= %s\nSHA256(foreign-disk1.vmdk)= %s\n", fileSHA(t, filepath.Join(pkg, "foreign.ovf")), fileSHA(t, vmdk))
+	if err := os.WriteFile(filepath.Join(pkg, "foreign.mf"), []byte(mf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	job, err := cl.Import(ctx, api.ImportRequest{Share: "nas", Path: "foreign/foreign.ovf", Name: "foreign"})
+	if err != nil {
+		t.Fatalf("import: %v", err)
+	}
+	j := waitJob(t, ctx, cl, job.ID, 5*time.Minute)
+	vm, err := cl.VM(ctx, "foreign")
+	if err != nil || vm.ID != j.VMID || len(vm.Volumes) != 1 || !vm.Volumes[0].Boot {
+		t.Fatalf("the imported VM %+v: %v", vm, err)
+	}
+	t.Cleanup(func() { stopCreatedVM(t, context.Background(), &api.CreateVMResult{VM: vm.VM}) })
+	// Its disk holds the package's data.
+	eq, out, err := testenv.CompareImages(ctx, raw, vm.Volumes[0].Path)
+	if err != nil || !eq {
+		t.Fatalf("the imported disk differs from the source: %v %s", err, out)
+	}
+	t.Logf("foreign package imported as %s: disk %s equals the source", vm.Name, vm.Volumes[0].Path)
+
+	// The password is nowhere in clear text on any node.
+	for id, n := range c.Nodes {
+		files := []string{n.LogPath}
+		raftFiles, _ := filepath.Glob(filepath.Join(n.Dir, "data", "raft", "*"))
+		files = append(files, raftFiles...)
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			if strings.Contains(string(b), smb.Password) {
+				t.Fatalf("%s: the share's password is in %s", id, f)
+			}
+		}
 	}
 }
