@@ -42,6 +42,7 @@ func (jr *jobRunner) run(ctx context.Context) {
 		jr.tick(ctx)
 		if jr.d.node.IsLeader() {
 			jr.d.reassignLostJobs(ctx)
+			jr.d.discardForLostNodes(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -445,4 +446,51 @@ func parseLaunchSpec(text string) (hypervisor.LaunchSpec, error) {
 	var spec hypervisor.LaunchSpec
 	err := json.Unmarshal([]byte(text), &spec)
 	return spec, err
+}
+
+// snapshotNodeLostAfter is how long a data node must have failed
+// heartbeats before the leader declares it lost for the snapshots it
+// alone holds: its creating snapshots and partial snapshots with no other
+// verified replica are half-written and discarded (DESIGN.md). A node that
+// comes back reclaims their files.
+const snapshotNodeLostAfter = time.Minute
+
+// discardForLostNodes runs on the leader.
+func (d *Daemon) discardForLostNodes(ctx context.Context) {
+	st := d.node.Status()
+	for node, since := range st.FailedPeers {
+		if time.Since(since) < snapshotNodeLostAfter {
+			continue
+		}
+		if n, err := d.st.Node(node); err != nil || n.Role != command.RoleData {
+			continue
+		}
+		affected := false
+		for _, sn := range d.st.Snapshots(state.SnapshotFilter{States: []state.SnapshotState{state.Creating, state.Partial}}) {
+			if sn.State == state.Creating && sn.Coordinator == node {
+				affected = true
+			}
+			if sn.State == state.Partial {
+				other := false
+				for _, r := range sn.Replicas {
+					if r.Verified && r.Node != node {
+						other = true
+					}
+				}
+				affected = affected || !other
+			}
+		}
+		if !affected {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, writeTimeout)
+		_, err := d.propose(pctx, &command.DiscardIncomplete{Term: st.Term, LostNodes: []string{node},
+			Reason: fmt.Sprintf("node %s lost since %s", node, since.UTC().Format(time.RFC3339)), At: time.Now().UTC()})
+		cancel()
+		if err != nil {
+			d.log.Warn("cannot discard the snapshots of a lost node", "node", node, "err", err)
+		} else {
+			d.log.Warn("discarded the half-written snapshots of a lost node", "node", node, "since", since)
+		}
+	}
 }
