@@ -400,6 +400,7 @@ func (e *Engine) reconcile(ctx context.Context) {
 			e.mu.Lock()
 			if p := e.progress[rec.ID]; p != nil && p.Phase != PhaseComplete {
 				p.Phase, p.Detail, p.UpdatedAt = PhaseComplete, "", time.Now()
+				p.BytesDone = p.BytesTotal
 			}
 			e.mu.Unlock()
 		case StateDiscarded, StateDeleting:
