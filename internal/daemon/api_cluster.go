@@ -103,7 +103,13 @@ func (d *Daemon) deleteNode(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), writeTimeout)
 	defer cancel()
 	if _, err := d.st.Node(id); err == nil {
-		if _, err := d.propose(ctx, &command.NodeRemoved{ID: id}); err != nil {
+		res, err := d.propose(ctx, &command.NodeRemoved{ID: id})
+		if err != nil {
+			return err
+		}
+		// Read-your-writes: a node list through this node right after
+		// must not show the removed node.
+		if err := d.waitApplied(ctx, res.Index); err != nil {
 			return err
 		}
 	}
