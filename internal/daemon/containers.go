@@ -24,6 +24,12 @@ func (d *Daemon) createContainers(ctx context.Context, vm command.VM, percent in
 	if percent < 100 || percent > 100000 {
 		return apiError(api.CodeInvalid, fmt.Sprintf("container percent %d: at least 100 (the volume itself), at most 100000", percent))
 	}
+	var last uint64
+	defer func() {
+		if last > 0 {
+			_ = d.waitApplied(ctx, last) // read-your-writes for the caller's next request
+		}
+	}()
 	for _, n := range d.st.Nodes() {
 		if n.Role != command.RoleData {
 			continue
@@ -36,9 +42,11 @@ func (d *Daemon) createContainers(ctx context.Context, vm command.VM, percent in
 			if capacity < v.SizeBytes {
 				capacity = v.SizeBytes
 			}
-			if _, err := d.propose(ctx, &command.ContainerCreated{VolumeID: v.ID, Node: n.ID, CapacityBytes: capacity}); err != nil {
+			res, err := d.propose(ctx, &command.ContainerCreated{VolumeID: v.ID, Node: n.ID, CapacityBytes: capacity})
+			if err != nil {
 				return fmt.Errorf("container of volume %s on %s: %w", v.Name, n.ID, err)
 			}
+			last = res.Index
 		}
 	}
 	return nil
